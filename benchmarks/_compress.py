@@ -62,12 +62,16 @@ def score(
     if abs(err - full_err) > 1e-9:
         raise AssertionError(f"pruned network disagrees with the masked one: {err} vs {full_err}")
     n_weights = sum(m.numel() for m in masks.values())
-    n_kept = sum(int(m.sum()) for m in masks.values())
+    # non-zero weights of the network that ships: a kept weight into a neuron whose outputs were
+    # all pruned is removed with the neuron
+    layers = [m for m in small if isinstance(m, nn.Linear | nn.Conv2d)]
+    n_kept = sum(int((m.weight != 0).sum()) for m in layers)
     return {
         "test_error": err,
         "compression": n_weights / max(n_kept, 1),
         "n_weights": n_weights,
         "n_kept": n_kept,
+        "n_kept_before_neuron_removal": sum(int(m.sum()) for m in masks.values()),
         "layer_sparsity": [1 - float(m.float().mean()) for m in masks.values()],
         "kept_neurons": kept_neurons(small),
         "kept_channels": kept_channels(small),

@@ -86,14 +86,18 @@ def sparse_vd_kl(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Elementwise ``KL(Normal(loc, scale) || LogUniform)``, Molchanov et al. (2017) approximation.
 
     ``KL ~ k1 - k1 * sigmoid(k2 + k3 * log_alpha) + 0.5 * softplus(-log_alpha)`` with
-    :func:`log_alpha` (clipped). The true KL against the improper prior is defined only up to an
-    additive constant; this one is fixed so that ``KL -> 0`` as ``log_alpha -> +inf``. Max error
-    about 0.01 over ``log_alpha`` in [-8, 8].
+    ``log_alpha`` clipped from above only (at 8, where the KL is flat): below -8 the KL keeps its
+    ``-0.5 log_alpha`` slope, so a weight or group scale that starts far below the clip (a group
+    scale at mean 1 and ``log sigma^2 = -10`` has ``log_alpha = -10``) is still pushed towards
+    pruning. The true KL against the improper prior is defined only up to an additive constant;
+    this one is fixed so that ``KL -> 0`` as ``log_alpha -> +inf``. Max error about 0.01 over
+    ``log_alpha`` in [-8, 8].
 
     >>> sparse_vd_kl(torch.tensor([1.0]), torch.tensor([1.0]))
     tensor([0.4312])
     """
-    la = log_alpha(loc, scale)
+    log_sigma2 = 2.0 * torch.log(scale)
+    la = (log_sigma2 - torch.log(loc.square() + LOG_ALPHA_EPS)).clamp(max=LOG_ALPHA_CLIP[1])
     k1, k2, k3 = SPARSE_VD_K1, SPARSE_VD_K2, SPARSE_VD_K3
     return k1 - k1 * torch.sigmoid(k2 + k3 * la) + 0.5 * F.softplus(-la)
 

@@ -56,7 +56,7 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 from torch.overrides import TorchFunctionMode
 
-from .sparse_guides import _unwrap
+from .sites import unwrap
 
 __all__ = ["LRT_EPS", "LocalReparameterization", "LocalReparameterizationELBO", "lrt_predict"]
 
@@ -86,7 +86,7 @@ _Q_KEY = "_lrt_posterior"
 
 
 def _is_normal(fn: Any) -> bool:
-    return isinstance(_unwrap(fn), torch.distributions.Normal)
+    return isinstance(unwrap(fn), torch.distributions.Normal)
 
 
 class _Gaussian:
@@ -129,7 +129,7 @@ class LocalReparameterization(Messenger):
     def _pyro_sample(self, msg: dict) -> None:
         name = msg["name"].removesuffix(_AUX_SUFFIX)
         if name in self.use_mean and msg["value"] is None and _is_normal(msg["fn"]):
-            msg["value"] = _unwrap(msg["fn"]).loc.expand(msg["fn"].shape())
+            msg["value"] = unwrap(msg["fn"]).loc.expand(msg["fn"].shape())
 
     def _pyro_post_sample(self, msg: dict) -> None:
         if msg["is_observed"] or site_is_subsample(msg):
@@ -140,14 +140,14 @@ class LocalReparameterization(Messenger):
             return
         if _is_normal(fn):
             self._record(value, fn, name)
-        elif name in self._aux and isinstance(_unwrap(fn), dist.Delta):
+        elif name in self._aux and isinstance(unwrap(fn), dist.Delta):
             aux_value, aux_fn = self._aux[name]
-            if _unwrap(fn).v is aux_value:  # identity transform: the Delta is the Normal draw
+            if unwrap(fn).v is aux_value:  # identity transform: the Delta is the Normal draw
                 self._record(value, aux_fn, name)
                 msg["infer"][_Q_KEY] = aux_fn
 
     def _record(self, value: Tensor, fn: dist.TorchDistribution, name: str) -> None:
-        base = _unwrap(fn)
+        base = unwrap(fn)
         shape = value.shape
         loc, var = base.loc.expand(shape), base.scale.square().expand(shape)
         self._gaussians[id(value)] = _Gaussian(value, loc, var, frozenset({name}))
@@ -413,7 +413,7 @@ def lrt_predict(
             raise ValueError(
                 f"the model must have one observed site, found {[s['name'] for s in sites]}"
             )
-        laws.append(_unwrap(sites[0]["fn"]))
+        laws.append(unwrap(sites[0]["fn"]))
     if all(hasattr(law, "probs") for law in laws):
         draws = torch.stack([law.probs for law in laws])
         return {"probs": draws.mean(0), "draw_probs": draws}

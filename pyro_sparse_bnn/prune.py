@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from . import distributions
-from .sparse_guides import SparseVDGuide, weight_moments
+from .sparsity import keep_masks, signal_to_noise
 
 __all__ = [
     "SPARSE_VD_LOG_ALPHA",
@@ -492,10 +492,10 @@ def prune_result(result: Any, threshold: float, example_input: Tensor | None = N
 
     Weights are the posterior means of the weight sites, zeroed where the posterior relevance
     ``|mean| / sd`` is at or below ``threshold`` (as ``result.masks(threshold)``; ``exp(-1.5)`` is
-    SparseVD's ``log_alpha > 3``). With a :class:`~pyro_sparse_bnn.sparse_guides.SparseVDGuide`
-    the means and standard deviations are exact
-    (:func:`~pyro_sparse_bnn.sparse_guides.weight_moments`), otherwise estimated from the draws.
-    Non-Bayesian biases are the fitted ones, Bayesian biases their posterior means.
+    SparseVD's ``log_alpha > 3``), from ``result.weight_moments()`` (exact under a SparseVD
+    guide). Non-Bayesian biases are the fitted ones, Bayesian biases their posterior means.
+    A result of L0 gates (``info["network"]`` with ``plain_network()``) is pruned from its
+    deterministic test-time network instead, whatever ``threshold``.
     ``example_input`` defaults to a training row.
     """
     model = result.model
@@ -503,14 +503,13 @@ def prune_result(result: Any, threshold: float, example_input: Tensor | None = N
     if not isinstance(net, nn.Module):
         raise TypeError("result.model must be a SparseBNN (a model with a .net network)")
     threshold = _check_threshold(threshold, "threshold")
-    state = net.state_dict()
-    draws = result.sample_posterior()
-    params = {k: v.mean(0) for k, v in draws.items() if k in state}
-    if isinstance(getattr(result, "guide", None), SparseVDGuide):
-        moments = weight_moments(model, result.guide)
-        params |= {k: mean for k, (mean, _) in moments.items()}
-        masks = {k: mean.abs() > threshold * var.sqrt() for k, (mean, var) in moments.items()}
-    else:
-        masks = result.masks(threshold)
     x = result.x[:1] if example_input is None else example_input
+    gated = result.info.get("network")
+    if hasattr(gated, "plain_network"):
+        return prune(gated.plain_network(), x)
+    state = net.state_dict()
+    params = {k: v.mean(0) for k, v in result.sample_posterior().items() if k in state}
+    moments = result.weight_moments()
+    params |= {k: mean for k, (mean, _) in moments.items()}
+    masks = keep_masks({k: signal_to_noise(*m) for k, m in moments.items()}, threshold)
     return prune(masked_network(net, params, masks), x)

@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.distributions import biject_to, constraints
 
 from . import distributions
+from .sites import unwrap
 
 __all__ = ["SparseVDGuide", "sparse_vd", "weight_moments"]
 
@@ -45,12 +46,6 @@ DEFAULT_LOG_SIGMA2 = -10.0
 """Initial ``log sigma^2`` of every site (Molchanov et al. 2017)."""
 
 _IMPROPER = (distributions.LogUniform, distributions.ARDNormal)
-
-
-def _unwrap(fn: Any) -> Any:
-    while isinstance(fn, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution):
-        fn = fn.base_dist
-    return fn
 
 
 def _sparse_init(model: Any):
@@ -62,7 +57,7 @@ def _sparse_init(model: Any):
         name = site["name"]
         if name in initial:
             return initial[name].detach().clone()
-        if isinstance(_unwrap(site["fn"]), _IMPROPER):
+        if isinstance(unwrap(site["fn"]), _IMPROPER):
             return torch.ones(site["fn"].shape())
         return init_to_median(site, num_samples=15)
 
@@ -112,7 +107,7 @@ class SparseVDGuide(AutoGuide):
                 f.full_size not in (None, f.size) for f in site["cond_indep_stack"]
             ):
                 raise NotImplementedError("SparseVDGuide does not support subsampled plates")
-            support = _unwrap(site["fn"]).support
+            support = unwrap(site["fn"]).support
             transform = biject_to(support)
             if support.event_dim != 0 or transform.domain.event_dim != 0:
                 raise ValueError(
@@ -225,7 +220,7 @@ def weight_moments(
     out, scaled = {}, {}
     for layer, site in zip(model.layer_names, model.weight_sites, strict=True):
         if site in names:
-            out[site] = (guide.loc(site), guide.scale(site).square())
+            out[site] = (guide.loc(site).clone(), guide.scale(site).square())
         elif f"{site}_decentered" in names:
             scaled[site] = priors[layer]
         else:

@@ -20,9 +20,28 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["SNR_THRESHOLD", "compression", "neuron_masks", "relevance", "weight_masks"]
+__all__ = [
+    "SNR_THRESHOLD", "compression", "keep_masks", "moments", "neuron_masks", "relevance",
+    "signal_to_noise", "weight_masks",
+]  # fmt: skip
 
 SNR_THRESHOLD = 1.0
+
+
+def moments(draws: Tensor) -> tuple[Tensor, Tensor]:
+    """Posterior mean and sd over the leading (chain, draw) dims (sd 0 for a single draw).
+
+    >>> [m.tolist() for m in moments(torch.tensor([[[1.0], [3.0]]]))]
+    [[2.0], [1.4142135381698608]]
+    """
+    flat = draws.reshape(-1, *draws.shape[2:]).to(torch.float64)
+    sd = flat.std(dim=0) if flat.shape[0] > 1 else torch.zeros_like(flat[0])
+    return flat.mean(dim=0).to(draws.dtype), sd.to(draws.dtype)
+
+
+def signal_to_noise(mean: Tensor, sd: Tensor) -> Tensor:
+    """``|mean| / sd``, infinite where ``sd`` is 0 and the mean is not."""
+    return (mean.double().abs() / sd.double().clamp_min(1e-30)).to(mean.dtype)
 
 
 def relevance(draws: Tensor) -> Tensor:
@@ -31,18 +50,25 @@ def relevance(draws: Tensor) -> Tensor:
     >>> relevance(torch.tensor([[[1.0], [3.0]]])).tolist()
     [1.4142135381698608]
     """
-    flat = draws.reshape(-1, *draws.shape[2:]).to(torch.float64)
-    sd = flat.std(dim=0) if flat.shape[0] > 1 else torch.zeros_like(flat[0])
-    return (flat.mean(dim=0).abs() / sd.clamp_min(1e-30)).to(draws.dtype)
+    return signal_to_noise(*moments(draws))
+
+
+def keep_masks(scores: Mapping[str, Tensor], threshold: float = SNR_THRESHOLD) -> dict[str, Tensor]:
+    """Boolean keep-masks (True = kept): relevance ``scores`` above ``threshold``.
+
+    >>> keep_masks({"w": torch.tensor([2.0, 0.5])})["w"].tolist()
+    [True, False]
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold >= 0:
+        raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
+    return {name: score > threshold for name, score in scores.items()}
 
 
 def weight_masks(
     samples: Mapping[str, Tensor], threshold: float = SNR_THRESHOLD
 ) -> dict[str, Tensor]:
     """Boolean keep-masks (True = kept), one per weight site, from ``(chain, draw, ...)`` draws."""
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
-    return {name: relevance(d) > threshold for name, d in samples.items()}
+    return keep_masks({name: relevance(d) for name, d in samples.items()}, threshold)
 
 
 def neuron_masks(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

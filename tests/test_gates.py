@@ -142,3 +142,20 @@ def test_l0_fit_closes_gates_of_irrelevant_inputs():
     assert masks[:2].all() and not masks[2:].any()
     assert probs[:2].min() > 0.95 and probs[2:].max() < 0.2
     assert result.evaluate(x, y)["accuracy"] > 0.95
+
+
+def test_pruning_an_l0_result_gives_its_test_time_network():
+    """FitResult.prune of an L0 fit is the deterministic gated network made smaller: the same
+    outputs as ``plain_network()`` (not a network pruned by the spread of 2 stored gate draws),
+    reading only the 2 informative inputs."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 12, generator=g)
+    y = ((x[:, 0] + x[:, 1]) > 0).long()
+    bnn = psb.SparseBNN(psb.mlp([12, 16, 2]), psb.priors.Normal(), psb.likelihoods.Categorical())
+    result = psb.fit(bnn, x, y, method="l0", lambdas=[10.0, 0.1], epochs=20, batch_size=100,
+                     lr=0.03, gate_lr=0.2, num_posterior_samples=2, progress=False)  # fmt: skip
+    small = result.prune()
+    test_time = result.info["network"].plain_network()
+    with torch.no_grad():
+        assert (small(x) - test_time(x)).abs().max() < 1e-5
+    assert small[0].indices.tolist() == [0, 1]

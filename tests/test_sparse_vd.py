@@ -102,6 +102,35 @@ def test_group_log_uniform_prunes_irrelevant_inputs():
     assert (mean[0, :3] - beta).abs().max() < 0.15 and mean[0, 3:].abs().max() < 0.1
 
 
+def test_kl_keeps_its_slope_below_the_log_alpha_clip():
+    """Below log_alpha = -8 the KL follows its asymptote -0.5 log_alpha + k1 (Molchanov et al.'s
+    approximation, whose sigmoid term vanishes there), so a group scale that starts at
+    log_alpha = -10 still feels the prior: d KL / d log_sigma2 = -0.5 (1 - sigmoid(-la))."""
+    log_sigma2 = torch.tensor([-10.0, -14.0], requires_grad=True)
+    kl = sparse_vd_kl(torch.ones(2), (0.5 * log_sigma2).exp())
+    kl.sum().backward()
+    la = log_sigma2.detach()
+    slope = -0.5 * torch.sigmoid(-la)
+    assert torch.allclose(log_sigma2.grad, slope, rtol=1e-3)
+    asymptote = 0.63576 * (1 - torch.sigmoid(1.87320 + 1.48695 * la)) - 0.5 * la
+    assert torch.allclose(kl.detach(), asymptote, atol=1e-4)
+
+
+def test_result_relevance_is_exact_under_the_sparsevd_guide():
+    """FitResult.masks / relevance / to_arviz use the guide's exact moments, not the stored draws
+    (whose sampling noise floors a zero-mean weight's relevance at about 1 / sqrt(draws))."""
+    X, y = psb.datasets.load("iris")
+    bnn = digits_bnn(psb.priors.LogUniform(), (4, 8, 3))
+    fit = psb.fit(bnn, X, y, guide="sparsevd", epochs=60, lr=0.05, num_posterior_samples=5,
+                  progress=False)  # fmt: skip
+    for site, (mean, var) in weight_moments(fit.model, fit.guide).items():
+        exact = mean.abs() / var.sqrt()
+        assert torch.allclose(fit.relevance()[site], exact)
+        assert torch.equal(fit.masks(0.5)[site], exact > 0.5)
+        scores = fit.to_arviz().relevance[f"{site}_relevance"].values
+        assert torch.allclose(torch.as_tensor(scores), exact)
+
+
 @pytest.mark.slow
 def test_weight_moments_match_draws():
     """Non-centred w = z * s: the product moments equal Monte Carlo moments of 1000 guide draws

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .mcmc import MCMC_METHODS
 from .penalized import fit_l0, fit_l1
 from .result import FitResult
 from .sgmcmc_fit import SGMCMC_METHODS
@@ -21,6 +22,7 @@ METHODS: dict[str, Callable[..., FitResult]] = {
     "l0": fit_l0,
     "l1": fit_l1,
     **SGMCMC_METHODS,
+    **MCMC_METHODS,
 }
 
 

@@ -27,7 +27,16 @@ from .._version import __version__
 from ..io import atomic_path
 from ..priors import WEIGHT_TAG
 from ..prune import prune_result
-from ..sparsity import SNR_THRESHOLD, compression, neuron_masks, relevance, weight_masks
+from ..sites import unwrap
+from ..sparse_guides import SparseVDGuide, weight_moments
+from ..sparsity import (
+    SNR_THRESHOLD,
+    compression,
+    keep_masks,
+    moments,
+    neuron_masks,
+    signal_to_noise,
+)
 from ..validation import check_positive_int, check_xy
 
 __all__ = ["FitResult"]
@@ -35,13 +44,6 @@ __all__ = ["FitResult"]
 FILE_FORMAT = "pyro_sparse_bnn.FitResult"
 FILE_FORMAT_VERSION = 1
 _CHUNK = 50  # posterior draws per vectorised pass through the model
-_WRAPPERS = (dist.Independent, dist.MaskedDistribution, dist.ExpandedDistribution)
-
-
-def _unwrap(fn: Any) -> Any:
-    while isinstance(fn, _WRAPPERS):
-        fn = fn.base_dist
-    return fn
 
 
 def _observed_node(trace: poutine.Trace, conditioned: dict) -> dict:
@@ -66,7 +68,7 @@ def _chunks(
 
 
 def _summarise(fn: Any, node: dict, y: Tensor | None, sample: bool) -> dict[str, Tensor]:
-    base = _unwrap(fn)
+    base = unwrap(fn)
     if isinstance(base, dist.Categorical):
         out = {"probs": base.probs}
     elif isinstance(base, dist.Bernoulli):
@@ -152,9 +154,25 @@ class FitResult:
             return {k: v[index] for k, v in self.sample_posterior().items()}
         return {k: v.reshape(-1, *v.shape[2:]) for k, v in self.samples.items()}
 
+    def weight_moments(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Posterior ``(mean, sd)`` of every weight site.
+
+        Exact under a :class:`~pyro_sparse_bnn.sparse_guides.SparseVDGuide` (its Gaussian
+        moments), otherwise estimated from the stored draws, whose sampling noise floors the
+        relevance of a zero-mean weight at about ``1 / sqrt(draws)``.
+        """
+        if isinstance(self.guide, SparseVDGuide) and hasattr(self.model, "layer_names"):
+            exact = weight_moments(self.model, self.guide)
+            return {k: (mean, var.sqrt()) for k, (mean, var) in exact.items()}
+        return {k: moments(self.samples[k]) for k in self.weight_sites}
+
+    def relevance(self) -> dict[str, Tensor]:
+        """Posterior signal-to-noise ``|mean| / sd`` per weight site (:meth:`weight_moments`)."""
+        return {k: signal_to_noise(*m) for k, m in self.weight_moments().items()}
+
     def masks(self, threshold: float = SNR_THRESHOLD) -> dict[str, Tensor]:
         """Keep-masks per weight site: posterior ``|mean| / sd > threshold`` (see ``sparsity``)."""
-        return weight_masks({k: self.samples[k] for k in self.weight_sites}, threshold)
+        return keep_masks(self.relevance(), threshold)
 
     def neuron_masks(self, threshold: float = SNR_THRESHOLD) -> dict[str, Tensor]:
         """Per input neuron (channel) of each weight site: kept if any of its weights is kept."""
@@ -308,8 +326,9 @@ class FitResult:
         out = self._summaries(x, y, masked=False, threshold=SNR_THRESHOLD, sample=True)
         shape = (self.num_chains, self.num_draws)
         numpy = {k: v.detach().cpu().numpy() for k, v in self.samples.items()}
-        masks = self.masks()
-        scores = {f"{k}_relevance": relevance(self.samples[k]).cpu().numpy() for k in masks}
+        scores = self.relevance()
+        masks = keep_masks(scores, SNR_THRESHOLD)
+        scores = {f"{k}_relevance": v.cpu().numpy() for k, v in scores.items()}
         scores |= {f"{k}_kept": m.cpu().numpy() for k, m in masks.items()}
         dims, coords = _weight_dims(self.samples, self.weight_sites)
         dims |= {"y": ["obs"]}

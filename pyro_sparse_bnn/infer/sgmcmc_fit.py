@@ -46,6 +46,7 @@ from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
 from ..priors import WEIGHT_TAG
+from ..sites import is_improper, unvalidated, unwrap
 from ..validation import as_tensor, check_choice, check_positive, check_positive_int, check_xy
 from .result import FitResult
 from .sgmcmc import (
@@ -69,7 +70,6 @@ PRIORS = ("model", "ssgl")
 SA_MODES = ("sa", "em")
 PRUNING = ("magnitude", "inclusion")
 _SSGL_OPTIONS = ("v0", "v1", "nu", "lam", "a", "b", "delta", "sigma")
-_WRAPPERS = (dist.Independent, dist.MaskedDistribution, dist.ExpandedDistribution)
 
 Schedule = Callable[[int], float]
 
@@ -78,38 +78,10 @@ Schedule = Callable[[int], float]
 # What the model looks like: which sites are sampled, fixed, driven by SSGL or recorded
 
 
-def _unwrap(fn: Any) -> Any:
-    while isinstance(fn, _WRAPPERS):
-        fn = fn.base_dist
-    return fn
-
-
-def _unvalidated(fn: Any) -> Any:
-    """``fn`` with argument/support validation switched off down its wrapper chain.
-
-    Validation branches on tensor values, which neither ``make_fx`` nor a fast loop wants; some
-    distributions keep ``_validate_args=True`` even when built under ``validation_enabled(False)``.
-    """
-    inner = fn
-    while inner is not None:
-        if getattr(inner, "_validate_args", False):
-            inner._validate_args = False
-        inner = getattr(inner, "base_dist", None)
-    return fn
-
-
 def _is_real(support: constraints.Constraint) -> bool:
     while isinstance(support, constraints.independent):
         support = support.base_constraint
     return support is constraints.real
-
-
-def _is_improper(fn: Any) -> bool:
-    try:
-        fn.sample()
-    except NotImplementedError:
-        return True
-    return False
 
 
 @dataclass
@@ -190,7 +162,7 @@ def _layout(
         weights=weights,
     )
     if prior == "model":
-        improper = [k for k in latent if _is_improper(_unwrap(trace.nodes[k]["fn"]))]
+        improper = [k for k in latent if is_improper(unwrap(trace.nodes[k]["fn"]))]
         if improper:
             raise ValueError(
                 f"sites {improper} have improper priors: use prior='ssgl' or SVI for them"
@@ -222,7 +194,7 @@ def _ssgl_layout(
         if k in latent and not _is_real(trace.nodes[k]["fn"].support):
             raise ValueError(f"weight site {k!r} must be real-valued for the SSGL prior")
     others = [k for k in latent if k not in layout.weights]
-    gaussian = isinstance(_unwrap(trace.nodes[layout.observed]["fn"]), dist.Normal)
+    gaussian = isinstance(unwrap(trace.nodes[layout.observed]["fn"]), dist.Normal)
     if noise_site == "auto":
         noise_site = "noise" if "noise" in others and gaussian else None
     elif noise_site is not None:
@@ -288,7 +260,7 @@ class _Density:
 
         def log_prob(name: str) -> Tensor:
             n = nodes[name]
-            log_p = _unvalidated(n["fn"]).log_prob(n["value"])
+            log_p = unvalidated(n["fn"]).log_prob(n["value"])
             return scale_and_mask(log_p, n["scale"], n["mask"]).sum()
 
         scale = self.num_data / x.shape[0]

@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
@@ -66,6 +65,7 @@ from tqdm.auto import trange
 
 from ..distributions import ARDNormal
 from ..priors import WEIGHT_TAG
+from ..sites import unwrap
 from ..validation import check_choice, check_positive, check_positive_int, check_xy
 from .result import FitResult
 from .vadam import Vadam, VadamARD, _check_betas, _check_nonnegative
@@ -74,14 +74,6 @@ __all__ = ["VARIANTS", "fit_vadam"]
 
 VARIANTS = ("gamma", "thesis")
 """VADAM-ARD updates (see :class:`~pyro_sparse_bnn.infer.vadam.VadamARD`)."""
-
-_WRAPPERS = (dist.Independent, dist.MaskedDistribution, dist.ExpandedDistribution)
-
-
-def _unwrap(fn: Any) -> Any:
-    while isinstance(fn, _WRAPPERS):
-        fn = fn.base_dist
-    return fn
 
 
 def _is_latent(node: dict) -> bool:
@@ -171,12 +163,12 @@ def _prior_family(
     """The family of a weight's prior: ``("normal", precision)`` for a fixed zero-mean Normal with
     one scale; ``("ard", None)`` for a Normal whose precision has a Gamma prior, centred or
     non-centred (``w = z / sqrt(psi)``), or an :class:`ARDNormal`; else ``("other", None)``."""
-    fn = _unwrap(node["fn"])
+    fn = unwrap(node["fn"])
     if node["infer"].get("_deterministic"):
         deps = _dependencies(node["value"].sum(), leaves)
         standard = [d for d in deps if _is_standard_normal(latent[d], node["value"].shape)]
         rest = [d for d in deps if d not in standard]
-        gamma = all(isinstance(_unwrap(latent[d]["fn"]), Gamma) for d in rest)
+        gamma = all(isinstance(unwrap(latent[d]["fn"]), Gamma) for d in rest)
         return ("ard", None) if len(standard) == 1 and rest and gamma else ("other", None)
     if isinstance(fn, ARDNormal):
         return "ard", None
@@ -184,7 +176,7 @@ def _prior_family(
         return "other", None
     deps = _dependencies(node["fn"].log_prob(node["value"]).sum(), leaves)
     if deps:
-        gamma = all(isinstance(_unwrap(latent[d]["fn"]), Gamma) for d in deps)
+        gamma = all(isinstance(unwrap(latent[d]["fn"]), Gamma) for d in deps)
         return ("ard", None) if gamma else ("other", None)
     scale = fn.scale.detach().reshape(-1)
     if bool((fn.loc != 0).any()) or bool((scale != scale[0]).any()):
@@ -193,7 +185,7 @@ def _prior_family(
 
 
 def _is_standard_normal(node: dict, shape: torch.Size) -> bool:
-    fn = _unwrap(node["fn"])
+    fn = unwrap(node["fn"])
     return (
         isinstance(fn, Normal)
         and node["value"].shape == shape

@@ -1,0 +1,396 @@
+"""``fit_mcmc``: NUTS and HMC for sparse BNNs and any Pyro model ``model(x, y=None)``.
+
+Two backends run the same algorithm (Pyro's multinomial NUTS with Stan's warm-up):
+
+* ``backend="fast"`` (default) lays the latent sites out in one unconstrained vector, traces the
+  batched potential and its gradient once into an ATen graph (:mod:`.potential`) and runs all
+  chains in lockstep through one batched evaluation per leapfrog step (:mod:`.fast_nuts`).
+  ``compile=True`` also fuses each leapfrog step with its bookkeeping through ``torch.compile``
+  (a one-off compilation of tens of seconds that pays off on long runs).
+* ``backend="pyro"`` runs Pyro's own :class:`~pyro.infer.NUTS`/:class:`~pyro.infer.HMC` kernels,
+  chain after chain, from the same starting values (``compile=True`` maps to ``jit_compile``).
+
+Deterministic sites (the weights of non-centred priors) are not sampled; they are recomputed by
+replaying the model on every draw, so the result holds every latent and deterministic site.
+
+>>> import pyro_sparse_bnn as psb
+>>> X, y = psb.datasets.load("iris")
+>>> bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
+>>> fit = psb.fit(bnn, X, y, method="nuts", num_samples=20, warmup=20, num_chains=2,
+...               progress=False)
+>>> tuple(fit.samples["0.weight"].shape), tuple(fit.sample_stats["diverging"].shape)
+((2, 20, 3, 4), (2, 20))
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import HMC, MCMC, NUTS
+from pyro.infer.autoguide.initialization import (
+    InitMessenger,
+    init_to_feasible,
+    init_to_median,
+    init_to_uniform,
+    init_to_value,
+)
+from torch import Tensor, nn
+
+from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from .fast_nuts import KERNELS, sample
+from .potential import FlatPotential, check_latent_sites, latent_nodes
+from .result import FitResult
+from .svi import fit_svi
+
+__all__ = ["BACKENDS", "INITS", "MCMC_METHODS", "fit_mcmc"]
+
+BACKENDS = ("fast", "pyro")
+INITS = ("median", "uniform", "svi")
+_INIT_TRIES = 20
+_REPLAY_CHUNK = 256
+
+
+def _chain_seeds(seed: int, num_chains: int) -> list[int]:
+    """Independent per-chain seeds derived from ``seed`` (NumPy's ``SeedSequence``)."""
+    return [int(np.random.SeedSequence([seed, c]).generate_state(1)[0]) for c in range(num_chains)]
+
+
+def _trace(model: Callable, args: tuple, strategy: Callable) -> poutine.Trace:
+    with torch.no_grad(), pyro.validation_enabled(False):
+        return poutine.trace(InitMessenger(strategy)(model)).get_trace(*args)
+
+
+def _initial_traces(
+    model: Callable,
+    args: tuple,
+    init: str | Mapping[str, Tensor],
+    seeds: list[int],
+    svi_draws: list[dict[str, Tensor]] | None,
+) -> list[poutine.Trace]:
+    """One starting trace per chain, redrawn (for random strategies) until its density is finite."""
+    fallback = init_to_median(num_samples=15)
+    base = dict(getattr(model, "initial_weights", dict)()) if init == "median" else {}
+    traces = []
+    for c, seed in enumerate(seeds):
+        for attempt in range(_INIT_TRIES):
+            pyro.set_rng_seed(seed + attempt)
+            if isinstance(init, Mapping):
+                strategy = init_to_value(values=dict(init), fallback=fallback)
+            elif init == "uniform":
+                strategy = init_to_uniform(radius=2.0)
+            elif init == "svi":
+                strategy = init_to_value(values=svi_draws[c], fallback=fallback)
+            else:
+                strategy = init_to_value(values=base, fallback=fallback)
+            trace = _trace(model, args, strategy)
+            with torch.no_grad(), pyro.validation_enabled(False):
+                log_p = trace.log_prob_sum()
+            if torch.isfinite(log_p):
+                break
+        else:
+            raise ValueError(
+                f"no finite log density at the starting values of chain {c} after "
+                f"{_INIT_TRIES} tries; give finite starting values with init={{site: value}}"
+            )
+        traces.append(trace)
+    return traces
+
+
+def _deterministic_names(trace: poutine.Trace) -> list[str]:
+    return [
+        name
+        for name, node in trace.nodes.items()
+        if node["type"] == "sample" and node["infer"].get("_deterministic")
+    ]
+
+
+def replay_deterministic(
+    model: Callable, args: tuple, draws: Mapping[str, Tensor], names: list[str]
+) -> dict[str, Tensor]:
+    """Values of the deterministic sites ``names`` at every draw ``{site: (chain, draw, ...)}``.
+
+    The model runs conditioned on the draws, vectorised over draws with ``torch.func.vmap`` (in
+    chunks); a model that does not vectorise runs draw by draw.
+    """
+    if not names:
+        return {}
+    first = next(iter(draws.values()))
+    lead = first.shape[:2]
+    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in draws.items()}
+
+    def run(values: dict[str, Tensor]) -> dict[str, Tensor]:
+        trace = poutine.trace(poutine.condition(model, values)).get_trace(*args)
+        return {n: trace.nodes[n]["value"] for n in names}
+
+    total = first.shape[0] * first.shape[1]
+    with torch.no_grad(), pyro.validation_enabled(False):
+        try:
+            parts = [
+                torch.func.vmap(run)({k: v[i : i + _REPLAY_CHUNK] for k, v in flat.items()})
+                for i in range(0, total, _REPLAY_CHUNK)
+            ]
+            out = {n: torch.cat([p[n] for p in parts]) for n in names}
+        except Exception:  # a model vmap cannot batch: replay draw by draw
+            rows = [run({k: v[i] for k, v in flat.items()}) for i in range(total)]
+            out = {n: torch.stack([r[n] for r in rows]) for n in names}
+    return {n: v.reshape(*lead, *v.shape[1:]) for n, v in out.items()}
+
+
+def _run_pyro(
+    model: Callable,
+    args: tuple,
+    traces: list[poutine.Trace],
+    seeds: list[int],
+    *,
+    kernel: str,
+    num_samples: int,
+    warmup: int,
+    options: dict[str, Any],
+    progress: bool,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Pyro's own kernel, one chain after another: latent draws and sampler statistics."""
+    draws: dict[str, list[Tensor]] = {}
+    stats: dict[str, list[Tensor]] = {"diverging": [], "step_size": []}
+    for trace, seed in zip(traces, seeds, strict=True):
+        pyro.set_rng_seed(seed)
+        values = {k: n["value"] for k, n in latent_nodes(trace).items()}
+        common = {
+            "step_size": options["step_size"],
+            "full_mass": options["dense_mass"],
+            "target_accept_prob": options["target_accept"],
+            "jit_compile": options["compile"],
+            "ignore_jit_warnings": True,
+            "init_strategy": init_to_value(values=values),
+        }
+        if kernel == "nuts":
+            sampler = NUTS(model, max_tree_depth=options["max_tree_depth"], **common)
+        else:
+            sampler = HMC(
+                model,
+                trajectory_length=options["trajectory_length"],
+                num_steps=options["num_steps"],
+                **common,
+            )
+        step_sizes: list[float] = []
+
+        def hook(kern: Any, _params: Any, stage: str, _i: int, sizes: list = step_sizes) -> None:
+            if stage == "Sample":
+                sizes.append(kern.step_size)
+
+        mcmc = MCMC(
+            sampler, num_samples, warmup_steps=warmup, disable_progbar=not progress, hook_fn=hook
+        )
+        mcmc.run(*args)
+        for k, v in mcmc.get_samples().items():
+            draws.setdefault(k, []).append(v)
+        diverging = torch.zeros(num_samples, dtype=torch.bool)
+        diverging[mcmc.diagnostics()["divergences"]["chain 0"]] = True
+        stats["diverging"].append(diverging)
+        stats["step_size"].append(torch.tensor(step_sizes))
+    return (
+        {k: torch.stack(v) for k, v in draws.items()},
+        {k: torch.stack(v) for k, v in stats.items()},
+    )
+
+
+def _svi_start(
+    model: Callable, x: Tensor, y: Tensor, num_chains: int, seed: int, options: dict, progress: bool
+) -> tuple[Callable, list[dict[str, Tensor]]]:
+    """A short mean-field SVI run: its (fitted) model and one guide draw per chain."""
+    settings = {"epochs": 300, "lr": 0.02} | options
+    fitted = fit_svi(model, x, y, seed=seed, progress=progress, **settings)
+    draws = fitted.sampler(num_chains)
+    latent = {k for k, n in _trace(fitted.model, (x, y), init_to_median()).nodes.items()
+              if n["type"] == "sample" and not n["is_observed"]}  # fmt: skip
+    starts = [{k: v[0, c] for k, v in draws.items() if k in latent} for c in range(num_chains)]
+    return fitted.model, starts
+
+
+def _check_options(
+    *,
+    kernel: str,
+    backend: str,
+    init: Any,
+    num_samples: int,
+    warmup: int,
+    num_chains: int,
+    target_accept: float,
+    max_tree_depth: int,
+    step_size: float,
+    trajectory_length: float | None,
+    num_steps: int | None,
+    dense_mass: bool,
+    compile: bool,
+    seed: int,
+    init_options: dict | None,
+) -> None:
+    check_choice(kernel, "kernel", KERNELS)
+    check_choice(backend, "backend", BACKENDS)
+    if not isinstance(init, Mapping):
+        check_choice(init, "init", INITS)
+    check_positive_int(num_samples, "num_samples")
+    check_positive_int(num_chains, "num_chains")
+    check_positive_int(max_tree_depth, "max_tree_depth")
+    check_positive(step_size, "step_size")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not isinstance(target_accept, int | float) or not 0 < target_accept < 1:
+        raise ValueError(f"target_accept must lie in (0, 1), got {target_accept!r}")
+    if trajectory_length is not None:
+        check_positive(trajectory_length, "trajectory_length")
+    if num_steps is not None:
+        check_positive_int(num_steps, "num_steps")
+    for name, flag in (("dense_mass", dense_mass), ("compile", compile)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if init_options is not None and not isinstance(init_options, Mapping):
+        raise TypeError(f"init_options must be a dict, got {type(init_options).__name__}")
+
+
+def fit_mcmc(
+    model: Callable,
+    X: Tensor,
+    y: Tensor,
+    *,
+    kernel: str = "nuts",
+    num_samples: int = 1000,
+    warmup: int = 1000,
+    num_chains: int = 4,
+    init: str | Mapping[str, Tensor] = "median",
+    init_options: dict[str, Any] | None = None,
+    dense_mass: bool = False,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    step_size: float = 1.0,
+    trajectory_length: float | None = None,
+    num_steps: int | None = None,
+    backend: str = "fast",
+    compile: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> FitResult:
+    """Sample the posterior of ``model`` given ``(X, y)`` with NUTS or HMC.
+
+    Args:
+        kernel: ``"nuts"`` or ``"hmc"`` (static trajectories of ``trajectory_length``, default
+            ``2 pi``, or of ``num_steps`` leapfrog steps).
+        num_samples, warmup: draws kept per chain, and warm-up (adaptation) iterations per chain.
+        num_chains: independent chains, each seeded from ``seed`` and its index.
+        init: ``"median"`` (prior medians; a SparseBNN's weights start at its network's
+            initialisation), ``"uniform"`` (Pyro's uniform(-2, 2) in unconstrained space),
+            ``"svi"`` (one draw per chain from a short mean-field SVI fit, which also fits the
+            model's non-Bayesian parameters; ``init_options`` go to :func:`fit_svi`, default
+            ``epochs=300, lr=0.02``) or a dict ``{site: value}``.
+        dense_mass: adapt a dense inverse mass matrix instead of a diagonal one.
+        target_accept: the step-size adaptation's target acceptance statistic.
+        max_tree_depth: NUTS's maximum number of trajectory doublings.
+        step_size: the initial step size (then searched and adapted during warm-up).
+        backend: ``"fast"`` (batched, traced potential) or ``"pyro"`` (Pyro's kernels).
+        compile: ``torch.compile`` the leapfrog step (fast backend) or ``jit_compile`` (Pyro).
+        progress: one progress bar per chain.
+
+    Returns a :class:`FitResult` with draws ``(chain, draw, ...)`` of every latent and
+    deterministic site, and ``sample_stats`` ``(chain, draw)``: ``diverging``, ``step_size`` and,
+    for the fast backend, ``tree_depth`` (NUTS), ``n_steps``, ``acceptance_rate``, ``energy``,
+    ``lp`` (log density in unconstrained space). ``info`` holds ``seconds``, ``step_size`` and
+    ``inverse_mass_matrix`` per chain, ``divergences`` and ``warmup_divergences``. Non-Bayesian
+    parameters of the model (e.g. biases without a prior) stay fixed at their current values.
+    Ctrl-C during sampling (fast backend) returns the draws made so far
+    (``info["interrupted"]``).
+    """
+    x, y = check_xy(X, y, model=model)
+    if y is None:
+        raise ValueError("y is required for fitting")
+    _check_options(
+        kernel=kernel, backend=backend, init=init, num_samples=num_samples, warmup=warmup,
+        num_chains=num_chains, target_accept=target_accept, max_tree_depth=max_tree_depth,
+        step_size=step_size, trajectory_length=trajectory_length, num_steps=num_steps,
+        dense_mass=dense_mass, compile=compile, seed=seed, init_options=init_options,
+    )  # fmt: skip
+    if isinstance(model, nn.Module):
+        model = copy.deepcopy(model).to(device=x.device, dtype=x.dtype)
+    try:
+        check_latent_sites(latent_nodes(_trace(model, (x, y), init_to_feasible)))
+    except NotImplementedError as error:  # a site that cannot be sampled: an improper prior
+        raise ValueError(
+            f"the model has an improper prior, which has no posterior for MCMC to sample ({error})"
+        ) from error
+    start = time.perf_counter()
+    seeds = _chain_seeds(seed, num_chains)
+    svi_draws = None
+    if init == "svi":
+        model, svi_draws = _svi_start(
+            model, x, y, num_chains, seed, dict(init_options or {}), progress
+        )
+    elif isinstance(model, nn.Module) and any(p.requires_grad for p in model.parameters()):
+        warnings.warn(
+            "the model has non-Bayesian parameters (e.g. biases without a prior); MCMC keeps "
+            "them fixed at their current values (init='svi' fits them first)",
+            stacklevel=2,
+        )
+    args = (x, y)
+    traces = _initial_traces(model, args, init, seeds, svi_draws)
+    trajectory = 2 * math.pi if trajectory_length is None else float(trajectory_length)
+    info: dict[str, Any] = {"backend": backend, "kernel": kernel, "init": init, "seeds": seeds}
+    if backend == "pyro":
+        options = {
+            "step_size": step_size, "dense_mass": dense_mass, "target_accept": target_accept,
+            "compile": compile, "max_tree_depth": max_tree_depth,
+            "trajectory_length": trajectory_length, "num_steps": num_steps,
+        }  # fmt: skip
+        latent, stats = _run_pyro(
+            model, args, traces, seeds, kernel=kernel, num_samples=num_samples, warmup=warmup,
+            options=options, progress=progress,
+        )  # fmt: skip
+        info["step_size"] = stats["step_size"][:, -1]
+    else:
+        flat = FlatPotential(model, args, num_chains=num_chains, trace=traces[0])
+        theta = torch.stack(
+            [flat.flatten({k: n["value"] for k, n in latent_nodes(t).items()}) for t in traces]
+        )
+        with torch.no_grad():
+            draws = sample(
+                flat.potential_and_grad, theta, num_warmup=warmup, num_samples=num_samples,
+                seeds=seeds, kernel=kernel, step_size=step_size, dense_mass=dense_mass,
+                target_accept=target_accept, max_tree_depth=max_tree_depth,
+                trajectory_length=trajectory, num_steps=num_steps, compile=compile,
+                progress=progress,
+            )  # fmt: skip
+        latent, stats = flat.constrain(draws.theta), draws.stats
+        info |= {
+            "step_size": draws.step_size,
+            "inverse_mass_matrix": draws.inverse_mass,
+            "warmup_divergences": draws.warmup_divergences,
+            "interrupted": draws.interrupted,
+            "traced": flat.traced,
+            "compiled": draws.info["compiled"],
+            "leapfrog_steps": draws.info["warmup_steps"] + stats["n_steps"].sum(1),
+            "dim": flat.dim,
+        }
+    samples = dict(latent)
+    samples |= replay_deterministic(model, args, latent, _deterministic_names(traces[0]))
+    info["seconds"] = time.perf_counter() - start
+    info["divergences"] = int(stats["diverging"].sum()) if "diverging" in stats else 0
+    return FitResult(model, samples, method=kernel, x=x, y=y, info=info, sample_stats=stats)
+
+
+def _method(kernel: str) -> Callable[..., FitResult]:
+    def fit(model: Callable, X: Tensor, y: Tensor, **options: Any) -> FitResult:
+        return fit_mcmc(model, X, y, kernel=kernel, **options)
+
+    fit.__doc__ = f"``fit_mcmc`` with ``kernel={kernel!r}``."
+    return fit
+
+
+MCMC_METHODS: dict[str, Callable[..., FitResult]] = {k: _method(k) for k in KERNELS}
