@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.penalties import glorot_penalties
 from pyro_sparse_bnn.prune import (
     log_alpha_masks,
     masked_network,
@@ -113,9 +114,13 @@ def run_method(
     start = time.perf_counter()
     if method in ("dense", "l1"):
         bnn = psb.SparseBNN(net, psb.priors.Normal(), likelihood)
-        l1, threshold = (
-            (0.0, 0.0) if method == "dense" else (settings["l1"], settings["l1_threshold"])
-        )
+        l1, threshold = 0.0, 0.0
+        if method == "l1":
+            # each layer's Glorot-consistent Bayesian factor sqrt(2 P) / N, scaled down by the
+            # best ratio of scalp_width.py's validation sweep
+            bayes = glorot_penalties(net, "l1", lam=1.0 / x.shape[0])
+            l1 = {k: settings["l1_glorot_ratio"] * p.lam for k, p in bayes.items()}
+            threshold = settings["l1_threshold"]
         result = psb.fit(
             bnn, x, y, method="l1", l1=l1, threshold=threshold, epochs=settings["epochs"],
             batch_size=settings["batch_size"], lr=settings["lr"], lr_schedule="linear_decay",

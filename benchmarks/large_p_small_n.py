@@ -1,4 +1,4 @@
-"""SGLD-SA vs SGLD-EM vs plain SGLD vs horseshoe SVI and NUTS on the large-p-small-n linear regression.
+"""SGLD-SA, SGLD-EM, plain SGLD, horseshoe SVI and NUTS on the large-p-small-n linear regression.
 
     python benchmarks/large_p_small_n.py [--quick] [--seed 0]
 

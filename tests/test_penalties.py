@@ -215,3 +215,30 @@ def test_validation():
         total_penalty(psb.mlp([2, 1]), {"5": Penalty("l1", 1.0)})
     with pytest.raises(ValueError, match="groups"):
         GroupLaplace(groups="rows")
+
+
+def test_l1_baseline_takes_per_layer_and_glorot_factors():
+    """``fit(method="l1", l1="glorot")`` penalises layer l by sqrt(2 P_l) / N (P_l the fan-in);
+    a per-layer dict penalises only the layers it names: a large factor on the first layer
+    shrinks its weights (mean |w| below a third of the unpenalised fit's) and not the output
+    layer's."""
+    x, y = psb.datasets.load("iris")
+    n = x.shape[0]
+    bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
+    glorot = psb.fit(bnn, x, y, method="l1", l1="glorot", epochs=2, progress=False)
+    assert glorot.info["l1"] == pytest.approx({"0": math.sqrt(8) / n, "2": math.sqrt(16) / n})
+
+    def mean_abs(l1):
+        fit = psb.fit(bnn, x, y, method="l1", l1=l1, threshold=0.0, epochs=150, lr=0.02,
+                      progress=False)  # fmt: skip
+        net = fit.info["network"]
+        return fit, net[0].weight.abs().mean(), net[2].weight.abs().mean()
+
+    one_layer, first, last = mean_abs({"0": 0.05})
+    _, first_free, last_free = mean_abs(0.0)
+    assert one_layer.info["l1"] == {"0": 0.05, "2": 0.0}
+    assert first < first_free / 3 and last > last_free / 2
+    with pytest.raises(ValueError, match="l1"):
+        psb.fit(bnn, x, y, method="l1", l1={"5": 0.1}, progress=False)
+    with pytest.raises(ValueError, match="l1"):
+        psb.fit(bnn, x, y, method="l1", l1="bayes", progress=False)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyro
@@ -34,10 +34,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import trange
 
-from ..baselines import l1_penalty, magnitude_prune
+from ..baselines import magnitude_prune
 from ..gates import L0Network
 from ..likelihoods import Categorical, Gaussian
-from ..nn import SparseBNN
+from ..nn import BAYESIAN_LAYERS, SparseBNN
+from ..penalties import Penalty, glorot_penalties, total_penalty
 from ..priors import Normal
 from ..prune import gate_masks
 from ..validation import check_choice, check_positive, check_positive_int, check_xy
@@ -156,12 +157,34 @@ def _result(
     return FitResult(plain, samples, method=method, x=x, y=y, info=info)
 
 
+def _l1_factors(l1: Any, net: nn.Module, n_data: int) -> dict[str, float]:
+    """The L1 factor of every Linear/Conv layer of ``net`` from ``fit_l1``'s ``l1`` option."""
+    layers = [name for name, m in net.named_modules() if isinstance(m, BAYESIAN_LAYERS)]
+    if isinstance(l1, str):
+        if l1 != "glorot":
+            raise ValueError(
+                f"l1 must be a number >= 0, a {{layer: number}} dict or 'glorot', got {l1!r}"
+            )
+        return {k: p.lam for k, p in glorot_penalties(net, "l1", lam=1.0 / n_data).items()}
+    if isinstance(l1, Mapping):
+        unknown = set(l1) - set(layers)
+        if unknown:
+            raise ValueError(f"l1 names layers {sorted(unknown)}; the network's are {layers}")
+        values = dict(l1)
+    else:
+        values = dict.fromkeys(layers, l1)
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"l1 must be a number >= 0 (layer {name!r}), got {value!r}")
+    return {k: float(values.get(k, 0.0)) for k in layers}
+
+
 def fit_l1(
     model: SparseBNN,
     X: Tensor,
     y: Tensor,
     *,
-    l1: float = 1e-4,
+    l1: float | str | Mapping[str, float] = 1e-4,
     threshold: float = 1e-2,
     epochs: int = 100,
     batch_size: int | None = None,
@@ -171,21 +194,27 @@ def fit_l1(
     progress: bool = True,
     callback: Callable[[int, float], bool | None] | None = None,
 ) -> FitResult:
-    """Train with ``mean NLL + l1 * sum |w|``, then zero weights with ``|w| < threshold``.
+    """Train with ``mean NLL + sum_l l1_l * sum |w_l|``, then zero weights with ``|w| < threshold``.
 
-    ``info`` holds ``history``, ``seconds``, ``masks`` (kept weights) and ``network`` (the pruned
-    plain network).
+    ``l1`` is one factor for every layer, a mapping ``{layer: factor}`` (layers by module path,
+    as in ``SparseBNN``; layers left out are not penalised), or ``"glorot"``: the Bayesian
+    factors ``sqrt(2 P_l) / N`` (:func:`~pyro_sparse_bnn.penalties.glorot_penalties` with
+    ``lam = 1/N``, ``P_l`` the fan-in), under which the penalty is the negative log density of
+    Laplace priors giving each weight the Glorot variance ``1 / P_l``. ``info`` holds
+    ``history``, ``seconds``, ``l1`` (the factor per layer), ``masks`` (kept weights) and
+    ``network`` (the pruned plain network).
     """
     x, y, size = _check_common(model, X, y, epochs, batch_size, lr, lr_schedule)
-    for value, name in ((l1, "l1"), (threshold, "threshold")):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    pyro.set_rng_seed(seed)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold >= 0:
+        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
     net = _trainable_net(model).to(device=x.device, dtype=x.dtype)
+    factors = _l1_factors(l1, net, x.shape[0])
+    pyro.set_rng_seed(seed)
+    penalties = {k: Penalty("l1", v) for k, v in factors.items() if v > 0}
     info = _train(
         net,
         _nll(model),
-        lambda: l1 * l1_penalty(net) if l1 else torch.zeros((), device=x.device),
+        lambda: total_penalty(net, penalties) if penalties else torch.zeros((), device=x.device),
         x,
         y,
         epochs=epochs,
@@ -199,7 +228,7 @@ def fit_l1(
     )
     pruned, masks = magnitude_prune(net, threshold)
     draws = {k: pruned.get_parameter(k).detach().unsqueeze(0) for k in masks}
-    info |= {"masks": masks, "network": pruned, "l1": l1, "threshold": threshold}
+    info |= {"masks": masks, "network": pruned, "l1": factors, "threshold": threshold}
     return _result(model, pruned, draws, "l1", x, y, info)
 
 
