@@ -17,6 +17,7 @@ import numpy as np
 from .io import atomic_path
 
 __all__ = [
+    "bfmi",
     "from_netcdf",
     "hdi",
     "loo",
@@ -62,6 +63,13 @@ def to_inference_data(
 def summary(idata: az.InferenceData, **kwargs: Any) -> Any:
     """``az.summary`` (rank-normalised R-hat, bulk/tail ESS, HDI) as a pandas DataFrame."""
     return az.summary(idata, **kwargs)
+
+
+def bfmi(idata: az.InferenceData) -> np.ndarray:
+    """Energy Bayesian fraction of missing information per chain (``az.bfmi``; needs the
+    ``energy`` sample statistic that NUTS/HMC results carry). Below 0.3 the momentum resampling
+    moves the chain too slowly across energy levels."""
+    return np.asarray(az.bfmi(idata))
 
 
 def loo(idata: az.InferenceData, **kwargs: Any) -> Any:

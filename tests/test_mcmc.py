@@ -320,3 +320,21 @@ def test_compiled_leaf_step_matches_the_eager_one():
     fit = fit_mcmc(bnn, x, y, num_chains=2, num_samples=10, warmup=10, compile=True,
                    progress=False)  # fmt: skip
     assert fit.info["compiled"] and torch.isfinite(fit.sample_stats["lp"]).all()
+
+
+def test_bfmi_of_gaussian_energies():
+    """E-BFMI = sum (E_t - E_t-1)^2 / sum (E_t - mean E)^2 per chain: about 2 for independent
+    energies, near 0 for a slow random walk; NUTS on a Gaussian target moves the energy well."""
+    gen = np.random.default_rng(0)
+    independent = gen.normal(size=(2, 4000))
+    walk = np.cumsum(0.01 * gen.normal(size=(2, 4000)), axis=1)
+    idata = psb.arviz.to_inference_data(
+        posterior={"x": independent}, sample_stats={"energy": independent}
+    )
+    assert np.allclose(psb.arviz.bfmi(idata), 2.0, atol=0.1)
+    slow = psb.arviz.to_inference_data(posterior={"x": walk}, sample_stats={"energy": walk})
+    assert (psb.arviz.bfmi(slow) < 0.01).all()
+    x, y, _, _ = _conjugate(n=20)
+    fit = fit_mcmc(_linear_model(), x, y, num_chains=2, num_samples=300, warmup=200,
+                   progress=False)  # fmt: skip
+    assert (psb.arviz.bfmi(fit.to_arviz()) > 0.5).all()
