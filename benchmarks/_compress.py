@@ -10,6 +10,7 @@ training ``seconds``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,14 +20,11 @@ from torch import Tensor, nn
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.penalties import glorot_penalties
-from pyro_sparse_bnn.prune import (
-    log_alpha_masks,
-    masked_network,
-    prune,
-)
-from pyro_sparse_bnn.sparse_guides import weight_moments
+from pyro_sparse_bnn.prune import masked_network, prune
 from pyro_sparse_bnn.sparse_priors import ARDNormal, GroupLogUniform
 
+SPARSE_VD_SNR = math.exp(-1.5)
+"""SparseVD's pruning point ``log_alpha > 3`` as a relevance threshold."""
 METHODS = ("dense", "l1", "sparsevd", "ard", "group_sparsevd", "group_horseshoe", "l0")
 
 
@@ -155,9 +153,8 @@ def run_method(
         bnn = psb.SparseBNN(net, prior, likelihood)
         result = _svi_fit(bnn, x, y, settings)
         seconds = time.perf_counter() - start
-        moments = weight_moments(result.model, result.guide)
-        params = {k: m for k, (m, _) in moments.items()}
-        masks = log_alpha_masks({k: (m, v.sqrt()) for k, (m, v) in moments.items()})
+        params = {k: m for k, (m, _) in result.weight_moments().items()}
+        masks = result.masks(SPARSE_VD_SNR)  # effective log_alpha = log(Var / E^2) < 3
         base = result.model.net
     row = {
         "method": method,

@@ -93,7 +93,8 @@ def _check_threshold(value: Any, name: str) -> float:
 def log_alpha_masks(
     params: Mapping[str, tuple[Tensor, Tensor]], threshold: float = SPARSE_VD_LOG_ALPHA
 ) -> dict[str, Tensor]:
-    """Keep where the clipped ``log_alpha`` of ``Normal(loc, scale)`` is below ``threshold``.
+    """Keep where ``log_alpha = log(scale^2 / loc^2)`` of ``Normal(loc, scale)`` is below
+    ``threshold``.
 
     ``params`` maps a name to ``(loc, scale)``, e.g. from
     :meth:`~pyro_sparse_bnn.sparse_guides.SparseVDGuide.loc` and ``.scale``.
@@ -106,8 +107,11 @@ def log_alpha_masks(
     if not low < threshold < high:
         raise ValueError(f"threshold must lie inside the log_alpha clip range {low, high}")
     with torch.no_grad():
+        # unclipped and without the KL's epsilon, which would keep weights whose mean and sd are
+        # both tiny (a zero mean gives log_alpha = +inf: pruned)
         return {
-            k: distributions.log_alpha(loc, scale) < threshold for k, (loc, scale) in params.items()
+            k: 2.0 * scale.log() - loc.square().log() < threshold
+            for k, (loc, scale) in params.items()
         }
 
 

@@ -193,6 +193,18 @@ def sparse_vd(model: Any, *, init_log_sigma2: float = DEFAULT_LOG_SIGMA2) -> Spa
     return SparseVDGuide(model, init_log_sigma2=init_log_sigma2)
 
 
+def _scale_moments(guide: SparseVDGuide, scaled: dict, moments: dict, num_samples: int) -> None:
+    """Accumulate ``E[s]`` and ``E[s^2]`` of each non-centred site's scale over guide draws."""
+    for _ in range(num_samples):
+        nodes = poutine.trace(guide).get_trace(None, None).nodes
+        values = {k: v["value"] for k, v in nodes.items() if v["type"] == "sample"}
+        with poutine.block(), poutine.condition(data=values):
+            for site, prior in scaled.items():
+                scale = prior.mixing_scale(site, tuple(guide.loc(f"{site}_decentered").shape))
+                moments[site][0] = moments[site][0] + scale / num_samples
+                moments[site][1] = moments[site][1] + scale.square() / num_samples
+
+
 @torch.no_grad()
 def weight_moments(
     model: Any, guide: SparseVDGuide, num_samples: int = 500
@@ -228,14 +240,12 @@ def weight_moments(
                 f"weight site {site!r} has neither a centred nor a decentred guide site"
             )
     moments = {site: [0.0, 0.0] for site in scaled}
-    for _ in range(num_samples if scaled else 0):
-        nodes = poutine.trace(guide).get_trace(None, None).nodes
-        values = {k: v["value"] for k, v in nodes.items() if v["type"] == "sample"}
-        with poutine.block(), poutine.condition(data=values):
-            for site, prior in scaled.items():
-                scale = prior.mixing_scale(site, tuple(guide.loc(f"{site}_decentered").shape))
-                moments[site][0] = moments[site][0] + scale / num_samples
-                moments[site][1] = moments[site][1] + scale.square() / num_samples
+    # the scale moments are Monte Carlo estimates: a fixed, private random stream makes them (and
+    # the masks built on them) repeat exactly without touching the caller's random state
+    cuda = [p.device for p in guide.parameters() if p.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(0)
+        _scale_moments(guide, scaled, moments, num_samples)
     for site, (mean_s, mean_s2) in moments.items():
         theta = guide.loc(f"{site}_decentered")
         var = guide.scale(f"{site}_decentered").square()

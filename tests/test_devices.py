@@ -152,3 +152,69 @@ def test_to_arviz_from_a_device_result_has_the_draws_log_likelihood(classifier_f
     expected = draw_log_probs(result, X).gather(2, y.expand(result.num_draws, -1)[..., None])
     torch.testing.assert_close(got[0], expected[..., 0], rtol=0, atol=1e-5)
     assert idata.observed_data["y"].values.tolist() == y.tolist()
+
+
+def _conjugate(device):
+    """Known-noise regression (n = 60, d = 3, float64) on ``device`` and its exact posterior."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 3, generator=gen, dtype=torch.float64)
+    y = x @ torch.tensor([1.5, -2.0, 1.0], dtype=torch.float64) + 0.5 * torch.randn(
+        60, generator=gen, dtype=torch.float64
+    )
+    precision = x.T @ x / 0.25 + torch.eye(3, dtype=torch.float64)
+    mean = torch.linalg.solve(precision, x.T @ y / 0.25)
+    prior = psb.priors.Normal(1.0).to(device=device, dtype=torch.float64)
+
+    def model(x, y=None):
+        w = prior.sample("w", (3,))
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", pyro.distributions.Normal(x @ w, 0.5), obs=y)
+
+    sd = torch.linalg.inv(precision).diagonal().sqrt()
+    return model, *on(device, x, y), mean, sd
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("nuts", {"num_chains": 2, "num_samples": 300, "warmup": 200}),
+        ("sgld", {"step_size": 1e-4, "num_chains": 20, "burn_in": 2000, "num_draws": 500}),
+        ("vadam", {"epochs": 600, "lr": 0.03}),
+        (
+            "svi",
+            {
+                "epochs": 1500,
+                "lr": 0.02,
+                "lr_schedule": "linear_decay",
+                "num_posterior_samples": 2000,
+            },
+        ),
+    ],
+)
+def test_every_inference_family_runs_on_the_device(device, method, options):
+    """Each family's posterior mean of a conjugate regression lies within 0.2 posterior sd of the
+    exact one (the Gaussian mean-field optimum has the exact mean), computed on ``device``."""
+    model, x, y, mean, sd = _conjugate(device)
+    fit = psb.fit(model, x, y, method=method, seed=0, progress=False, **options)
+    draws = fit.samples["w"]
+    assert draws.device.type == device and draws.dtype == torch.float64
+    error = (draws.reshape(-1, 3).mean(0).cpu() - mean).abs() / sd
+    assert (error < 0.2).all(), error
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparsevd_with_lrt_prunes_on_the_device(device):
+    """SparseVD + local reparameterisation trains on ``device``; the pruned network lives there
+    and equals the masked posterior-mean network (1e-5)."""
+    X, y = on(device, *psb.datasets.load("iris"))
+    torch.manual_seed(0)
+    bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.LogUniform(), psb.likelihoods.Categorical())
+    fit = psb.fit(bnn, X, y, guide="sparsevd", elbo="lrt", epochs=150, lr=0.05, progress=False)
+    small = fit.prune()
+    assert {p.device.type for p in small.parameters()} == {device}
+    means = {k: m for k, (m, _) in fit.weight_moments().items()}
+    masked = psb.prune.masked_network(fit.model.net, means, fit.masks())
+    with torch.no_grad():
+        assert (small(X) - masked(X)).abs().max() < 1e-5
+    assert fit.evaluate(X, y)["accuracy"] > 0.9

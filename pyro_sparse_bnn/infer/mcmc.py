@@ -288,7 +288,8 @@ def fit_mcmc(
         num_samples, warmup: draws kept per chain, and warm-up (adaptation) iterations per chain.
         num_chains: independent chains, each seeded from ``seed`` and its index.
         init: ``"median"`` (prior medians; a SparseBNN's weights start at its network's
-            current weights, so build the network under a fixed torch seed to repeat a run), ``"uniform"`` (Pyro's uniform(-2, 2) in unconstrained space),
+            current weights, so build the network under a fixed torch seed to repeat a run),
+            ``"uniform"`` (Pyro's uniform(-2, 2) in unconstrained space),
             ``"svi"`` (one draw per chain from a short mean-field SVI fit, which also fits the
             model's non-Bayesian parameters; ``init_options`` go to :func:`fit_svi`, default
             ``epochs=300, lr=0.02``) or a dict ``{site: value}``.
