@@ -1,6 +1,8 @@
 """SGLD-SA, SGLD-EM, plain SGLD, horseshoe SVI and NUTS on the large-p-small-n linear regression.
 
-    python benchmarks/large_p_small_n.py [--quick] [--seed 0]
+    python benchmarks/large_p_small_n.py [--quick] [--seed 0] [--methods sgld_sa,nuts_horseshoe]
+
+A full run of some ``--methods`` keeps the stored rows of the others (same seed).
 
 Data (``datasets.large_p_small_n``, the SSGL paper's simulation): n = 100 train + 100 test rows,
 p = 1000 AR(1) features with correlation 0.6, beta = (b1, b2, b3, 0, ...) with
@@ -33,11 +35,12 @@ Writes benchmarks/results/large_p_small_n.json.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 
 import torch
-from _common import print_table, write_results
+from _common import RESULTS, print_table, write_results
 from torch import nn
 
 import pyro_sparse_bnn as psb
@@ -170,6 +173,12 @@ def main() -> None:
         else:
             rows.append(run_sgmcmc(method, data, args))
         print(f"{method}: {rows[-1]['seconds']:.1f} s", flush=True)
+    previous = RESULTS / "large_p_small_n.json"
+    if not args.quick and previous.exists():  # keep the rows of methods not rerun
+        stored = json.loads(previous.read_text())
+        if stored["meta"].get("seed") == args.seed and not stored["meta"].get("quick"):
+            rerun = {r["method"] for r in rows}
+            rows = [r for r in stored["rows"] if r["method"] not in rerun] + rows
     columns = ["method", "beta_1", "beta_2", "beta_3", "max_null_abs_mean", "test_mae"]
     columns += ["test_mse", "seconds", "n_true_selected", "n_false_selected", "n_true_included"]
     print(f"true beta: {[round(float(b), 3) for b in data.beta[:3]]}")
