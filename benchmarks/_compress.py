@@ -114,8 +114,8 @@ def run_method(
         bnn = psb.SparseBNN(net, psb.priors.Normal(), likelihood)
         l1, threshold = 0.0, 0.0
         if method == "l1":
-            # each layer's Glorot-consistent Bayesian factor sqrt(2 P) / N, scaled down by the
-            # best ratio of scalp_width.py's validation sweep
+            # each layer's Glorot-consistent Bayesian factor sqrt(2 P) / N, scaled down as the
+            # validation sweep of scalp_width.py suggests (best ratios 0.003-0.03)
             bayes = glorot_penalties(net, "l1", lam=1.0 / x.shape[0])
             l1 = {k: settings["l1_glorot_ratio"] * p.lam for k, p in bayes.items()}
             threshold = settings["l1_threshold"]

@@ -17,7 +17,7 @@ gates, which move at most about lr per Adam step); variational methods use the l
 reparameterisation ELBO with a KL weight rising linearly over ``KL_WARMUP`` epochs. The
 L0 ``lambda`` is 20 per layer instead of the paper's 0.1: with 2,400 steps instead of 120,000 the
 penalty must dominate the gradient noise of the gates sooner. The L1 factor of each layer is a
-tenth of its Glorot-consistent Bayesian value ``sqrt(2 fan_in) / N`` (see ``_compress.py``).
+hundredth of its Glorot-consistent Bayesian value ``sqrt(2 fan_in) / N`` (see ``_compress.py``).
 
 Methods, pruning rules and scoring as in ``_compress.py``: the reported error
 is that of the physically pruned test-time network (posterior means, pruned weights zeroed; L0:
@@ -50,7 +50,7 @@ SETTINGS = {
     "batch_size": 100,
     "lr": 1e-3,
     "lr_vi": 3e-3,
-    "l1_glorot_ratio": 0.1,
+    "l1_glorot_ratio": 0.01,
     "l1_threshold": 1e-2,
     "l0_weight_decay": 5e-4,
     "l0_gate_lr": 1e-2,
