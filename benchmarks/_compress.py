@@ -25,6 +25,8 @@ from pyro_sparse_bnn.sparse_priors import ARDNormal, GroupLogUniform
 
 SPARSE_VD_SNR = math.exp(-1.5)
 """SparseVD's pruning point ``log_alpha > 3`` as a relevance threshold."""
+THRESHOLDS = (0.05, 0.1, 0.5, 1.0, 2.0)
+"""Relevance thresholds also scored for the variational methods (kept: ``|mean| / sd`` above)."""
 METHODS = ("dense", "l1", "sparsevd", "ard", "group_sparsevd", "group_horseshoe", "l0")
 
 
@@ -162,4 +164,20 @@ def run_method(
         **score(base, params, masks, x_test, y_test, example),
     }
     row["train_epochs"] = settings["epochs"]
+    if method not in ("dense", "l1", "l0"):
+        # other operating points of the same posterior: relevance thresholds around SparseVD's
+        row["threshold_sweep"] = []
+        for threshold in THRESHOLDS:
+            point = score(base, params, result.masks(threshold), x_test, y_test, example)
+            row["threshold_sweep"].append(
+                {"threshold": threshold, "test_error": point["test_error"],
+                 "compression": point["compression"], "kept_neurons": point["kept_neurons"]}
+            )  # fmt: skip
     return row
+
+
+def best_point(row: dict[str, Any], max_error: float) -> dict[str, Any] | None:
+    """The most compressed operating point of ``row`` with test error at most ``max_error``."""
+    points = [row, *row.get("threshold_sweep", [])]
+    ok = [p for p in points if p["test_error"] <= max_error + 1e-12]
+    return max(ok, key=lambda p: p["compression"], default=None)
