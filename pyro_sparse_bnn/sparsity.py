@@ -59,7 +59,9 @@ def keep_masks(scores: Mapping[str, Tensor], threshold: float = SNR_THRESHOLD) -
     >>> keep_masks({"w": torch.tensor([2.0, 0.5])})["w"].tolist()
     [True, False]
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold >= 0:
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise TypeError(f"threshold must be a number, got {threshold!r}")
+    if not threshold >= 0:
         raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
     return {name: score > threshold for name, score in scores.items()}
 

@@ -9,7 +9,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_tensor", "check_choice", "check_positive", "check_positive_int", "check_xy"]
+__all__ = [
+    "as_tensor",
+    "check_bool",
+    "check_choice",
+    "check_positive",
+    "check_positive_int",
+    "check_seed",
+    "check_xy",
+]
 
 
 def as_tensor(value: Any, name: str) -> Tensor:
@@ -75,4 +83,35 @@ def check_choice(value: Any, name: str, choices: list[str] | tuple[str, ...]) ->
     """``value`` must be one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A seed for ``pyro.set_rng_seed``: an int (not a bool), else ``TypeError`` naming ``name``.
+
+    Checked before seeding: ``pyro.set_rng_seed("0")`` reseeds torch and then fails in NumPy
+    with a message that does not name the argument.
+
+    >>> check_seed(3)
+    3
+    >>> check_seed("0")
+    Traceback (most recent call last):
+    TypeError: seed must be an int, got '0'
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A flag: ``True`` or ``False`` only (a truthy string is a ``TypeError`` naming ``name``).
+
+    >>> check_bool(False, "masked")
+    False
+    >>> check_bool("no", "masked")
+    Traceback (most recent call last):
+    TypeError: masked must be a bool, got 'no'
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
     return value

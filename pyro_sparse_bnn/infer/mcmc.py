@@ -45,7 +45,7 @@ from pyro.infer.autoguide.initialization import (
 )
 from torch import Tensor, nn
 
-from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from ..validation import check_choice, check_positive, check_positive_int, check_seed, check_xy
 from .fast_nuts import KERNELS, sample
 from .potential import FlatPotential, check_latent_sites, latent_nodes
 from .result import FitResult
@@ -78,6 +78,7 @@ def _initial_traces(
 ) -> list[poutine.Trace]:
     """One starting trace per chain, redrawn (for random strategies) until its density is finite."""
     fallback = init_to_median(num_samples=15)
+    pyro.set_rng_seed(seeds[0])  # initial weights estimate prior medians from random draws
     base = dict(getattr(model, "initial_weights", dict)()) if init == "median" else {}
     traces = []
     for c, seed in enumerate(seeds):
@@ -208,11 +209,26 @@ def _svi_start(
     """A short mean-field SVI run: its (fitted) model and one guide draw per chain."""
     settings = {"epochs": 300, "lr": 0.02} | options
     fitted = fit_svi(model, x, y, seed=seed, progress=progress, **settings)
-    draws = fitted.sampler(num_chains)
+    draws = fitted.sample_posterior(num_chains)
     latent = {k for k, n in _trace(fitted.model, (x, y), init_to_median()).nodes.items()
               if n["type"] == "sample" and not n["is_observed"]}  # fmt: skip
-    starts = [{k: v[0, c] for k, v in draws.items() if k in latent} for c in range(num_chains)]
+    starts = [{k: v[c] for k, v in draws.items() if k in latent} for c in range(num_chains)]
     return fitted.model, starts
+
+
+def _check_init(init: Mapping[str, Any], latent: Mapping[str, dict]) -> None:
+    """``init`` names latent sample sites only, each with a value of the site's shape."""
+    unknown = sorted(set(init) - set(latent))
+    if unknown:
+        raise ValueError(
+            f"init names {unknown}, which are not latent sample sites (those are "
+            f"{sorted(latent)}; deterministic weights of non-centred priors are set through "
+            "their '_decentered' sites)"
+        )
+    for name, value in init.items():
+        shape = tuple(latent[name]["value"].shape)
+        if tuple(torch.as_tensor(value).shape) != shape:
+            raise ValueError(f"init[{name!r}] must have shape {shape}")
 
 
 def _check_options(
@@ -243,8 +259,7 @@ def _check_options(
     check_positive(step_size, "step_size")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    check_seed(seed)
     if not isinstance(target_accept, int | float) or not 0 < target_accept < 1:
         raise ValueError(f"target_accept must lie in (0, 1), got {target_accept!r}")
     if trajectory_length is not None:
@@ -256,6 +271,12 @@ def _check_options(
             raise TypeError(f"{name} must be a bool, got {flag!r}")
     if init_options is not None and not isinstance(init_options, Mapping):
         raise TypeError(f"init_options must be a dict, got {type(init_options).__name__}")
+    if init_options is not None and init != "svi":
+        raise ValueError("init_options only apply to init='svi'")
+    if kernel == "nuts" and (trajectory_length is not None or num_steps is not None):
+        raise ValueError("trajectory_length and num_steps only apply to kernel='hmc'")
+    if trajectory_length is not None and num_steps is not None:
+        raise ValueError("give trajectory_length or num_steps, not both")
 
 
 def fit_mcmc(
@@ -321,12 +342,17 @@ def fit_mcmc(
     )  # fmt: skip
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model).to(device=x.device, dtype=x.dtype)
+    cuda = [x.device] if x.device.type == "cuda" else []
     try:
-        check_latent_sites(latent_nodes(_trace(model, (x, y), init_to_feasible)))
+        with torch.random.fork_rng(devices=cuda):  # checks leave the caller's random state alone
+            latent = latent_nodes(_trace(model, (x, y), init_to_feasible))
+            check_latent_sites(latent)
     except NotImplementedError as error:  # a site that cannot be sampled: an improper prior
         raise ValueError(
             f"the model has an improper prior, which has no posterior for MCMC to sample ({error})"
         ) from error
+    if isinstance(init, Mapping):
+        _check_init(init, latent)
     start = time.perf_counter()
     seeds = _chain_seeds(seed, num_chains)
     svi_draws = None

@@ -41,7 +41,7 @@ from ..nn import BAYESIAN_LAYERS, SparseBNN
 from ..penalties import Penalty, glorot_penalties, total_penalty
 from ..priors import Normal
 from ..prune import gate_masks
-from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from ..validation import check_choice, check_positive, check_positive_int, check_seed, check_xy
 from .result import FitResult
 
 __all__ = ["fit_l0", "fit_l1"]
@@ -75,9 +75,17 @@ def _trainable_net(model: Any) -> nn.Module:
 
 
 def _check_common(
-    model: Any, X: Any, y: Any, epochs: int, batch_size: int | None, lr: float, schedule: str
+    model: Any,
+    X: Any,
+    y: Any,
+    epochs: int,
+    batch_size: int | None,
+    lr: float,
+    schedule: str,
+    seed: int,
 ) -> tuple[Tensor, Tensor, int]:
     x, y = check_xy(X, y, model=model)
+    check_seed(seed)
     if y is None:
         raise ValueError("y is required for fitting")
     check_positive_int(epochs, "epochs")
@@ -204,7 +212,7 @@ def fit_l1(
     ``history``, ``seconds``, ``l1`` (the factor per layer), ``masks`` (kept weights) and
     ``network`` (the pruned plain network).
     """
-    x, y, size = _check_common(model, X, y, epochs, batch_size, lr, lr_schedule)
+    x, y, size = _check_common(model, X, y, epochs, batch_size, lr, lr_schedule, seed)
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold >= 0:
         raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
     net = _trainable_net(model).to(device=x.device, dtype=x.dtype)
@@ -260,7 +268,7 @@ def fit_l0(
     ``info`` holds ``history``, ``seconds``, ``network`` (the trained
     :class:`~pyro_sparse_bnn.gates.L0Network`), ``prob_nonzero`` and ``gate_masks`` per layer.
     """
-    x, y, size = _check_common(model, X, y, epochs, batch_size, lr, lr_schedule)
+    x, y, size = _check_common(model, X, y, epochs, batch_size, lr, lr_schedule, seed)
     check_positive_int(num_posterior_samples, "num_posterior_samples")
     gate_lr = lr if gate_lr is None else check_positive(gate_lr, "gate_lr")
     pyro.set_rng_seed(seed)

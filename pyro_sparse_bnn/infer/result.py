@@ -37,7 +37,7 @@ from ..sparsity import (
     neuron_masks,
     signal_to_noise,
 )
-from ..validation import check_positive_int, check_xy
+from ..validation import check_bool, check_positive_int, check_seed, check_xy
 
 __all__ = ["FitResult"]
 
@@ -189,6 +189,7 @@ class FitResult:
         return compression(self.masks(threshold))
 
     def _masked_draws(self, masked: bool, threshold: float) -> dict[str, Tensor]:
+        check_bool(masked, "masked")
         draws = self.sample_posterior()
         for name, keep in (self.masks(threshold) if masked else {}).items():
             draws[name] = draws[name] * keep
@@ -322,7 +323,7 @@ class FitResult:
         if (x is None) != (y is None):
             raise ValueError("to_arviz needs both x and y, or neither (the training data)")
         x, y = (self.x, self.y) if x is None else check_xy(x, y, model=self.model)
-        pyro.set_rng_seed(seed)
+        pyro.set_rng_seed(check_seed(seed))
         out = self._summaries(x, y, masked=False, threshold=SNR_THRESHOLD, sample=True)
         shape = (self.num_chains, self.num_draws)
         numpy = {k: v.detach().cpu().numpy() for k, v in self.samples.items()}

@@ -18,7 +18,7 @@ from ..guides import draw, make_guide
 from ..handlers import ScaleSites
 from ..io import atomic_path, check_writable
 from ..lrt import LocalReparameterizationELBO
-from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from ..validation import check_choice, check_positive, check_positive_int, check_seed, check_xy
 from .result import FitResult
 
 __all__ = ["fit_svi"]
@@ -98,6 +98,7 @@ def fit_svi(
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     check_positive_int(checkpoint_every, "checkpoint_every")
+    check_seed(seed)
     if checkpoint is not None:
         check_writable(checkpoint, "checkpoint")
     state = None if resume is None else _read_checkpoint(resume)

@@ -66,7 +66,7 @@ from tqdm.auto import trange
 from ..distributions import ARDNormal
 from ..priors import WEIGHT_TAG
 from ..sites import unwrap
-from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from ..validation import check_choice, check_positive, check_positive_int, check_seed, check_xy
 from .result import FitResult
 from .vadam import Vadam, VadamARD, _check_betas, _check_nonnegative
 
@@ -340,6 +340,7 @@ def fit_vadam(
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
     x, y = check_xy(X, y, model=model)
+    check_seed(seed)
     if y is None:
         raise ValueError("y is required for fitting")
     _check_bool(ard, "ard")
