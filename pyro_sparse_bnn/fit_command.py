@@ -402,9 +402,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_args(args)
         data, bnn, classify = _build(args)
-    except (ValueError, FileNotFoundError) as err:
+        result = _fit(args, data, bnn)  # fit() checks its inputs before any work
+    except (ValueError, TypeError, FileNotFoundError) as err:
         args.fit_parser.error(str(err))
-    result = _fit(args, data, bnn)
     if result.info.get("global_rank", 0) != 0:
         return 0  # under DDP only the first process writes
     out = args.output

@@ -349,7 +349,8 @@ def fit_mcmc(
             check_latent_sites(latent)
     except NotImplementedError as error:  # a site that cannot be sampled: an improper prior
         raise ValueError(
-            f"the model has an improper prior, which has no posterior for MCMC to sample ({error})"
+            "the model has an improper prior, which has no posterior for MCMC to sample "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
         ) from error
     if isinstance(init, Mapping):
         _check_init(init, latent)
