@@ -188,26 +188,12 @@ def test_a_diverging_fit_stops_with_its_own_error_when_validation_is_off() -> No
     assert CLEAR_STOP.match(str(error.value)), str(error.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="fit_svi: with Pyro's validation on (the default), a NaN parameter left by the "
-    "previous step fails inside the guide with torch's 'Expected parameter loc ... Real()' "
-    "ValueError before the ELBO check runs",
-)
 def test_a_diverging_fit_stops_with_its_own_error() -> None:
     bnn, x, y = _diverging()
     with pytest.raises(FloatingPointError, match=CLEAR_STOP.pattern):
         psb.fit(bnn, x, y, epochs=50, **DIVERGING)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fit_svi checks the loss before each step but not the gradients or parameters after "
-    "it: when the last step breaks the parameters, the result holds NaN (silently when Pyro's "
-    "validation is off)",
-)
 def test_the_last_step_cannot_leave_non_finite_parameters() -> None:
     bnn, x, y = _diverging()
     epochs: list[int] = []

@@ -130,6 +130,11 @@ def fit_svi(
                     f"the ELBO became {loss.item()} at epoch {epoch}: lower lr or check the data"
                 )
             loss.backward()
+            if not _finite_gradients(params):  # a step on them would leave NaN parameters
+                raise FloatingPointError(
+                    f"the ELBO became nan at epoch {epoch}: its gradient is not finite; "
+                    "lower lr or check the data"
+                )
             optimizer.step()
             total += loss.item() * len(idx) / n
         scheduler.step()
@@ -143,6 +148,11 @@ def fit_svi(
     draws = draw(model, guide, x[:1], num_posterior_samples)
     info = {"history": history, "seconds": seconds, "epochs_run": len(history)}
     return FitResult(model, draws, method="svi", x=x, y=y, info=info, guide=guide)
+
+
+def _finite_gradients(params: list[nn.Parameter]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
 
 
 def _parameters(module: Any) -> list[nn.Parameter]:
