@@ -46,8 +46,10 @@ def test_vectorised_run_net_equals_a_loop_over_draws():
     assert batched.shape == (7, 5, 3)
     for s in range(7):
         one = {k: v[s, 0] for k, v in params.items()}
-        # Relative tolerance: horseshoe draws have Cauchy tails, so outputs can be large.
-        assert torch.allclose(batched[s], bnn.run_net(one, x), rtol=1e-5, atol=1e-6)
+        # Horseshoe draws have Cauchy tails: outputs reach hundreds and small ones come from
+        # cancelling large terms, so float32 round-off is relative to the largest output.
+        scale = batched[s].abs().max().item()
+        assert torch.allclose(batched[s], bnn.run_net(one, x), rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_original_network_is_never_changed():
