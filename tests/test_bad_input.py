@@ -599,7 +599,7 @@ def test_the_tables_hold_at_least_30_distinct_cases_beyond_the_data_grid():
 
 
 def test_validation_helpers_doctests():
-    """``check_seed``/``check_bool`` (for the seed and flag gaps above) work as documented."""
+    """``check_seed``/``check_bool`` (the seed and flag checks of the fits) work as documented."""
     assert doctest.testmod(validation).failed == 0
 
 
