@@ -252,10 +252,22 @@ def test_state_dict_round_trip() -> None:
     opt = VadamARD([w], num_data=10, lr=0.1)
     for _ in range(3):
         opt.step(lambda: _backward(((w - 1) ** 2).sum()))
+    state = opt.state_dict()
+    # the noise and scratch buffers are work space, not state
+    assert set(state["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "prior_precision"}
     other = VadamARD([w], num_data=10, lr=0.1)
-    other.load_state_dict(opt.state_dict())
+    other.load_state_dict(state)
     torch.testing.assert_close(other.posterior_scale()[0], opt.posterior_scale()[0])
     torch.testing.assert_close(other.precision()[0], opt.precision()[0])
+    start = w.detach().clone()
+    steps = []
+    for optimizer in (opt, other):  # the restored optimiser takes the very same next step
+        with torch.no_grad():
+            w.copy_(start)
+        torch.manual_seed(3)
+        optimizer.step(lambda: _backward(((w - 1) ** 2).sum()))
+        steps.append(w.detach().clone())
+    torch.testing.assert_close(steps[0], steps[1], rtol=0, atol=0)
 
 
 def test_per_group_prior_precision() -> None:

@@ -113,6 +113,25 @@ def _average(tensors: list[Tensor]) -> Tensor:
     return tensors[0] if len(tensors) == 1 else torch.stack(tensors).mean(0)
 
 
+_SCRATCH = ("draw", "scratch")
+"""Per-parameter work buffers kept in the optimiser state but left out of ``state_dict()``."""
+
+
+def _buffer(state: dict[str, Any], key: str, like: Tensor) -> Tensor:
+    buffer = state.get(key)
+    if buffer is None or buffer.shape != like.shape:
+        buffer = state[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+    return buffer
+
+
+def _drop_scratch(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    state_dict["state"] = {
+        k: {name: v for name, v in entry.items() if name not in _SCRATCH}
+        for k, entry in state_dict["state"].items()
+    }
+    return state_dict
+
+
 class Vadam(torch.optim.Optimizer):
     """Variational Adam: mean-field Gaussian VI by weight perturbation (Khan et al., 2018).
 
@@ -191,6 +210,7 @@ class Vadam(torch.optim.Optimizer):
             "eps": eps,
         }
         super().__init__(params, defaults)
+        self.register_state_dict_post_hook(_drop_scratch)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         _check_positive(group["lr"], "lr")
@@ -235,7 +255,10 @@ class Vadam(torch.optim.Optimizer):
         return group["prior_precision"]
 
     def _posterior_precision(self, group: dict[str, Any], state: dict[str, Any]) -> Tensor:
-        return state["exp_avg_sq"] * self.num_data + self._prior_precision(group, state)
+        """``N s + lam`` in a buffer of ``state``: fresh on each call, overwritten by the next."""
+        buffer = _buffer(state, "scratch", state["exp_avg_sq"])
+        torch.mul(state["exp_avg_sq"], self.num_data, out=buffer)
+        return buffer.add_(self._prior_precision(group, state))
 
     def _preconditioner_shift(self, group: dict[str, Any], state: dict[str, Any]) -> float | Tensor:
         return self._prior_precision(group, state) / self.num_data
@@ -278,6 +301,14 @@ class Vadam(torch.optim.Optimizer):
     def _draw(self, p: Tensor) -> Tensor:
         return torch.randn(p.shape, generator=self.generator, device=p.device, dtype=p.dtype)
 
+    def _draw_into(self, state: dict[str, Any], p: Tensor) -> Tensor:
+        """Standard normal noise shaped like ``p`` in a buffer kept in ``state``.
+
+        Reusing one buffer per parameter avoids allocating (and first touching) a fresh
+        parameter-sized tensor every step, which costs as much as drawing the noise on a CPU.
+        """
+        return _buffer(state, "draw", p).normal_(generator=self.generator)
+
     @contextmanager
     def sampled_params(self) -> Iterator[None]:
         """Within the block, every parameter holds one posterior draw; the means return after.
@@ -309,7 +340,7 @@ class Vadam(torch.optim.Optimizer):
     @staticmethod
     def _mean_gradients(
         closure: Callable[[], Tensor], params: list[Tensor]
-    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
         for p in params:
             p.grad = None
         with torch.enable_grad():
@@ -320,7 +351,7 @@ class Vadam(torch.optim.Optimizer):
                 "(with per_example_grads=False)"
             )
         grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
-        return loss.detach(), grads, [g * g for g in grads]
+        return loss.detach(), grads, None  # the squares are g * g: the update fuses them
 
     @staticmethod
     def _per_example_gradients(
@@ -356,43 +387,56 @@ class Vadam(torch.optim.Optimizer):
         pairs = list(self._pairs())
         params = [p for p, _ in pairs]
         states = [self._state(p, group) for p, group in pairs]
-        means = [p.detach().clone() for p in params]
+        # The means stay where they are: each parameter's storage is swapped for a draw and
+        # swapped back, which saves two copies per sample.
+        means = [p.data for p in params]
         scales = [
-            self._posterior_precision(group, state).rsqrt()
+            self._posterior_precision(group, state).rsqrt_()
             for (_, group), state in zip(pairs, states, strict=True)
         ]
         losses, grads, squares = [], [], []
         try:
             for _ in range(self.num_samples):
-                for p, mu, scale in zip(params, means, scales, strict=True):
-                    p.copy_(mu).addcmul_(self._draw(p), scale)
+                for p, mu, scale, state in zip(params, means, scales, states, strict=True):
+                    p.data = self._draw_into(state, p).mul_(scale).add_(mu)
                 loss, g, g2 = evaluate(params)
                 losses.append(loss)
                 grads.append(g)
                 squares.append(g2)
         finally:
             for p, mu in zip(params, means, strict=True):
-                p.copy_(mu)
+                p.data = mu
         for i, ((p, group), state) in enumerate(zip(pairs, states, strict=True)):
             g = _average([sample[i] for sample in grads])
-            self._update(p, group, state, g, _average([sample[i] for sample in squares]))
+            g2 = None if squares[0] is None else _average([sample[i] for sample in squares])
+            if g2 is None and len(grads) > 1:
+                g2 = _average([sample[i] * sample[i] for sample in grads])
+            self._update(p, group, state, g, g2)
             p.grad = g
         return _average(losses)
 
     def _update(
-        self, p: Tensor, group: dict[str, Any], state: dict[str, Any], g: Tensor, g2: Tensor
+        self, p: Tensor, group: dict[str, Any], state: dict[str, Any], g: Tensor, g2: Tensor | None
     ) -> None:
+        """One step of the means; ``g2 = None`` stands for ``g * g`` (a single sample)."""
         b1, b2 = group["betas"]
         state["step"] += 1
         t = state["step"]
         m, s = state["exp_avg"], state["exp_avg_sq"]
         prior = self._prior_precision(group, state)
-        m.mul_(b1).add_(p * prior, alpha=(1 - b1) / self.num_data).add_(g, alpha=1 - b1)
-        s.mul_(b2).add_(g2, alpha=1 - b2)
-        denom = (
-            (s / (1 - b2**t)).sqrt_().add_(self._preconditioner_shift(group, state) + group["eps"])
-        )
-        p.addcdiv_(m, denom, value=-group["lr"] / (1 - b1**t))
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        if isinstance(prior, Tensor):
+            m.addcmul_(p, prior, value=(1 - b1) / self.num_data)
+        else:
+            m.add_(p, alpha=(1 - b1) * prior / self.num_data)
+        s.mul_(b2)
+        if g2 is None:
+            s.addcmul_(g, g, value=1 - b2)
+        else:
+            s.add_(g2, alpha=1 - b2)
+        denom = torch.sqrt(s, out=_buffer(state, "scratch", s)).div_((1 - b2**t) ** 0.5)
+        denom.add_(self._preconditioner_shift(group, state))
+        p.addcdiv_(m, denom.add_(group["eps"]), value=-group["lr"] / (1 - b1**t))
 
 
 class VOGN(Vadam):
