@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import doctest
 from collections.abc import Callable
 
@@ -252,7 +253,7 @@ def test_state_dict_round_trip() -> None:
     opt = VadamARD([w], num_data=10, lr=0.1)
     for _ in range(3):
         opt.step(lambda: _backward(((w - 1) ** 2).sum()))
-    state = opt.state_dict()
+    state = copy.deepcopy(opt.state_dict())  # load_state_dict shares same-dtype tensors
     # the noise and scratch buffers are work space, not state
     assert set(state["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "prior_precision"}
     other = VadamARD([w], num_data=10, lr=0.1)
