@@ -15,11 +15,18 @@ from torch import Tensor, nn
 from tqdm.auto import trange
 
 from ..guides import draw, make_guide
-from ..handlers import ScaleSites
 from ..io import atomic_path, check_writable
 from ..lrt import LocalReparameterizationELBO
-from ..validation import check_choice, check_positive, check_positive_int, check_seed, check_xy
+from ..validation import (
+    check_bool,
+    check_choice,
+    check_positive,
+    check_positive_int,
+    check_seed,
+    check_xy,
+)
 from .result import FitResult
+from .traced_elbo import TracedELBO
 
 __all__ = ["fit_svi"]
 
@@ -62,6 +69,7 @@ def fit_svi(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 10,
     resume: str | os.PathLike | None = None,
+    traced: bool = False,
 ) -> FitResult:
     """Fit ``model`` by maximising the ELBO with Adam over minibatches.
 
@@ -79,6 +87,11 @@ def fit_svi(
             guide, optimiser, schedule, history and RNG states.
         resume: a checkpoint of this same call to continue from; with the same seed and data the
             resumed fit ends with exactly the parameters of an uninterrupted one.
+        traced: replay each step from a graph of tensor operations traced once per minibatch
+            shape (:class:`~pyro_sparse_bnn.infer.traced_elbo.TracedELBO`) instead of running
+            the model and guide under Pyro's handlers: the same loss and gradients, several
+            times faster for small and mid-sized networks; steps that cannot be traced run
+            eagerly with a warning.
 
     The loss is the negative ELBO per training row; the history is in ``result.info["history"]``.
     """
@@ -99,6 +112,7 @@ def fit_svi(
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     check_positive_int(checkpoint_every, "checkpoint_every")
     check_seed(seed)
+    check_bool(traced, "traced")
     if checkpoint is not None:
         check_writable(checkpoint, "checkpoint")
     state = None if resume is None else _read_checkpoint(resume)
@@ -112,6 +126,7 @@ def fit_svi(
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_SCHEDULES[lr_schedule](epochs))
     loss_fn = ELBOS[elbo](num_particles=num_particles).differentiable_loss
+    step = TracedELBO(loss_fn, model, guide, params, traced=traced)
     order = torch.Generator().manual_seed(seed)
     history: list[float] = []
     parts = {"model": model, "guide": guide, "optimizer": optimizer, "scheduler": scheduler}
@@ -121,15 +136,12 @@ def fit_svi(
         beta = min(1.0, (epoch + 1) / kl_warmup) if kl_warmup else 1.0
         perm = torch.randperm(n, generator=order).to(x.device)
         total = 0.0
-        for idx in perm.split(batch_size):
-            scale = ScaleSites(observed=n / len(idx), latent=beta)
-            optimizer.zero_grad()
-            loss = loss_fn(scale(model), scale(guide), x[idx], y[idx]) / n
+        for idx in perm.split(batch_size):  # the loss per training row
+            loss = step(x[idx], y[idx], observed=1 / len(idx), latent=beta / n)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the ELBO became {loss.item()} at epoch {epoch}: lower lr or check the data"
                 )
-            loss.backward()
             if not _finite_gradients(params):  # a step on them would leave NaN parameters
                 raise FloatingPointError(
                     f"the ELBO became nan at epoch {epoch}: its gradient is not finite; "

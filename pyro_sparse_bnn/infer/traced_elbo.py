@@ -1,0 +1,172 @@
+"""An SVI step's loss and gradients replayed from one traced graph of ATen operations.
+
+Running a Pyro model and guide under an ELBO costs far more Python (effect handlers, site
+dictionaries, distribution objects) than arithmetic for a network of moderate size. A
+:class:`TracedELBO` runs ``loss_fn(model, guide, x, y)`` and its backward pass once under
+``make_fx``, so every later step replays the few hundred tensor operations that the step really
+is, random draws included, on the current parameter values. The parameters, the minibatch and
+the two :class:`~pyro_sparse_bnn.handlers.ScaleSites` factors are inputs of the graph; one graph
+is kept per minibatch shape.
+
+The graph is checked when it is built: from the same random state it must give the loss and
+gradients of the eager step, on the minibatch it was traced on and again on the first minibatch
+with other data. A step that cannot be traced, or whose graph fails a check, runs eagerly from
+then on, with a warning. As with Pyro's ``JitTrace_ELBO``, the model's Python control flow may
+depend on shapes but not on tensor values: a value that Python reads from a tensor becomes a
+constant of the graph, and the checks only catch it when it changes between them.
+
+>>> import torch
+>>> from pyro.infer import TraceMeanField_ELBO
+>>> from pyro_sparse_bnn import SparseBNN, mlp, priors, likelihoods
+>>> from pyro_sparse_bnn.guides import mean_field
+>>> bnn = SparseBNN(mlp([4, 8, 3]), priors.Normal(), likelihoods.Categorical())
+>>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+>>> guide = mean_field(bnn)
+>>> _ = guide(x, y)
+>>> params = list(guide.parameters())
+>>> step = TracedELBO(TraceMeanField_ELBO().differentiable_loss, bnn, guide, params)
+>>> loss = step(x, y, observed=1.0, latent=1.0)
+>>> step.traced, all(p.grad is not None for p in params)
+(True, True)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pyro
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ..handlers import ScaleSites
+from .potential import simplify_graph
+
+__all__ = ["TracedELBO"]
+
+LossFn = Callable[..., Tensor]
+
+
+class TracedELBO:
+    """``loss_fn(model, guide, x, y)`` and its gradients, traced once per minibatch shape.
+
+    Args:
+        loss_fn: a differentiable ELBO loss, e.g. ``TraceMeanField_ELBO().differentiable_loss``.
+        model, guide: the Pyro model and guide (already run once, so their parameters exist).
+        params: the parameters to differentiate; their ``.grad`` is set by each call.
+        traced: ``False`` runs every step eagerly (same results, no tracing).
+
+    Calling it returns the loss (detached) and leaves the gradients in ``p.grad``.
+    """
+
+    def __init__(
+        self,
+        loss_fn: LossFn,
+        model: Callable,
+        guide: Callable,
+        params: list[nn.Parameter],
+        *,
+        traced: bool = True,
+    ) -> None:
+        self.loss_fn, self.model, self.guide = loss_fn, model, guide
+        self.params = list(params)
+        self.traced = traced
+        self._graphs: dict[tuple, fx.GraphModule | None] = {}
+        self._unchecked: dict[tuple, tuple[Tensor, Tensor]] = {}  # the data each was traced on
+
+    def __call__(self, x: Tensor, y: Tensor, *, observed: float, latent: float) -> Tensor:
+        scales = [torch.tensor(s, dtype=x.dtype, device=x.device) for s in (observed, latent)]
+        graph = self._graph(x, y, scales) if self.traced else None
+        if graph is None:
+            loss, *grads = self._eager(x, y, *scales)
+        else:
+            loss, *grads = graph(*self.params, x, y, *scales)
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
+        return loss
+
+    def _eager(self, x: Tensor, y: Tensor, observed: Tensor, latent: Tensor) -> list[Tensor]:
+        with torch.enable_grad():
+            scale = ScaleSites(observed=observed, latent=latent)
+            loss = self.loss_fn(scale(self.model), scale(self.guide), x, y)
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        zeros = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)
+        ]
+        return [loss.detach(), *zeros]
+
+    def _graph(self, x: Tensor, y: Tensor, scales: list[Tensor]) -> fx.GraphModule | None:
+        """The graph for this minibatch shape: traced and checked on first use, checked again
+        on the first minibatch with other data (values the trace read from the data would show
+        there); ``None`` once a check fails."""
+        key = (x.shape, y.shape, x.dtype, y.dtype, x.device)
+        if key not in self._graphs:
+            self._graphs[key] = graph = self._trace(x, y, scales)
+            if graph is not None:
+                self._unchecked[key] = (x.clone(), y.clone())
+        elif key in self._unchecked and not all(map(torch.equal, self._unchecked[key], (x, y))):
+            del self._unchecked[key]
+            if not self._matches(self._graphs[key], x, y, scales):
+                self._graphs[key] = None
+                _warn("differs from the eager one on a new minibatch (data-dependent Python?)")
+        return self._graphs[key]
+
+    def _trace(self, x: Tensor, y: Tensor, scales: list[Tensor]) -> fx.GraphModule | None:
+        """Trace the step; ``None`` (eager from then on) when tracing fails or disagrees."""
+        try:
+            with warnings.catch_warnings(), pyro.validation_enabled(False):
+                warnings.simplefilter("ignore")
+                with torch.random.fork_rng(devices=_devices(x)):
+                    self._eager(x, y, *scales)  # lets stateful estimators settle (LRT's means)
+                    # Pyro reads loss values with .item() and checks for NaN: such reads become
+                    # constants of the graph, so its outputs are checked against the eager step.
+                    graph = make_fx(
+                        lambda *args: self._eager(*args), _error_on_data_dependent_ops=False
+                    )(x, y, *scales)
+                graph = simplify_graph(_params_as_inputs(graph, self.params))
+                matches = self._matches(graph, x, y, scales)
+        except Exception as error:  # any failure: keep the eager step
+            _warn(f"could not be traced ({type(error).__name__}: {error})")
+            return None
+        if not matches:
+            _warn("differs from the eager one (Python control flow on random draws?)")
+        return graph if matches else None
+
+    def _matches(self, graph: fx.GraphModule, x: Tensor, y: Tensor, scales: list[Tensor]) -> bool:
+        """Whether the graph gives the eager loss and gradients from one random state (the
+        global random state is left as it was)."""
+        with torch.random.fork_rng(devices=_devices(x)), pyro.validation_enabled(False):
+            seed = int(torch.randint(2**62, ()))
+            torch.manual_seed(seed)
+            expected = self._eager(x, y, *scales)
+            torch.manual_seed(seed)
+            got = graph(*self.params, x, y, *scales)
+        tol = 1e-4 if x.dtype == torch.float32 else 1e-9
+        pairs = zip(expected, got, strict=True)
+        return all(torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in pairs)
+
+
+def _warn(what: str) -> None:
+    warnings.warn(f"the traced SVI step {what}; running it eagerly", stacklevel=5)
+
+
+def _devices(x: Tensor) -> list[int]:
+    return [x.device.index or 0] if x.device.type == "cuda" else []
+
+
+def _params_as_inputs(graph: fx.GraphModule, params: list[nn.Parameter]) -> fx.GraphModule:
+    """Turn the graph's stored references to ``params`` into leading placeholder inputs."""
+    index = {id(p): i for i, p in enumerate(params)}
+    first = next(n for n in graph.graph.nodes if n.op == "placeholder")
+    inputs = []
+    for i in range(len(params)):
+        with graph.graph.inserting_before(first):
+            inputs.append(graph.graph.placeholder(f"param_{i}"))
+    for node in list(graph.graph.nodes):
+        if node.op == "get_attr" and id(getattr(graph, node.target, None)) in index:
+            node.replace_all_uses_with(inputs[index[id(getattr(graph, node.target))]])
+            graph.graph.erase_node(node)
+    graph.graph.lint()
+    graph.recompile()
+    return graph

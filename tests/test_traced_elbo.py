@@ -1,0 +1,165 @@
+"""The traced SVI step computes the eager step's loss and gradients, or falls back to it."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+from sklearn.datasets import load_iris
+
+import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.infer import traced_elbo
+from pyro_sparse_bnn.infer.traced_elbo import TracedELBO
+from pyro_sparse_bnn.lrt import LocalReparameterizationELBO
+
+
+@pytest.fixture(scope="module")
+def iris() -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_iris(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+
+def _fit(iris, prior: psb.priors.Prior, elbo: str, traced: bool) -> psb.FitResult:
+    torch.manual_seed(0)  # the network's initial weights
+    bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), prior, psb.likelihoods.Categorical())
+    return psb.fit(
+        bnn, *iris, method="svi", elbo=elbo, epochs=6, batch_size=64, kl_warmup=3, lr=0.05,
+        seed=1, progress=False, traced=traced,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("prior", "elbo"),
+    [(psb.priors.Normal(), "mean_field"), (psb.priors.Horseshoe(), "trace")],
+    ids=["normal-mean_field", "horseshoe-trace"],
+)
+def test_traced_fit_takes_the_eager_fits_steps(iris, prior, elbo: str) -> None:
+    # 150 rows in minibatches of 64: two graphs (64 and 22 rows), KL warm-up changing the scale.
+    eager, traced = (_fit(iris, prior, elbo, traced) for traced in (False, True))
+    np.testing.assert_allclose(traced.info["history"], eager.info["history"], rtol=1e-5)
+    for a, b in zip(eager.guide.parameters(), traced.guide.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def _step(bnn, guide, x, y, traced: bool) -> TracedELBO:
+    params = [*bnn.parameters(), *guide.parameters()]
+    return TracedELBO(LocalReparameterizationELBO().differentiable_loss, bnn, guide, params,
+                      traced=traced)  # fmt: skip
+
+
+def test_lrt_graph_gives_the_eager_loss_and_gradients(iris) -> None:
+    x, y = iris[0][:32], iris[1][:32]
+    bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.LogUniform(), psb.likelihoods.Categorical())
+    guide = psb.sparse_guides.sparse_vd(bnn)
+    guide(x, y)
+    results = []
+    for traced in (False, True):
+        step = _step(bnn, guide, x, y, traced)
+        step(x, y, observed=4.0, latent=1.0)  # LRT learns which draws it can skip
+        torch.manual_seed(5)
+        loss = step(x, y, observed=4.0, latent=1.0)
+        results.append([loss, *(p.grad.clone() for p in step.params)])
+        assert step.traced == traced and len(step._graphs) == int(traced)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_scales_enter_linearly(iris) -> None:
+    """observed and latent are inputs of the graph, not constants baked into it."""
+    x, y = iris[0][:32], iris[1][:32]
+    bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
+    guide = psb.guides.mean_field(bnn)
+    guide(x, y)
+    params = list(guide.parameters())
+    step = TracedELBO(TraceMeanField_ELBO().differentiable_loss, bnn, guide, params)
+    losses = {}
+    for observed, latent in [(1.0, 0.0), (0.0, 1.0), (2.0, 3.0)]:
+        torch.manual_seed(0)
+        losses[observed, latent] = step(x, y, observed=observed, latent=latent)
+    assert len(step._graphs) == 1
+    combined = 2.0 * losses[1.0, 0.0] + 3.0 * losses[0.0, 1.0]
+    torch.testing.assert_close(losses[2.0, 3.0], combined, rtol=1e-5, atol=1e-5)
+
+
+class _CountingModel:
+    """Adds its call count to the loss: every eager call differs from the traced constant."""
+
+    calls = 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        self.calls += 1
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        pyro.factor("count", torch.tensor(float(self.calls)))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal(w * x[:, 0], 1.0), obs=y)
+
+
+def _data_reading_model(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    shift = float(np.asarray(x.detach()).mean())  # Python reads the data: a graph constant
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.Normal(w * x[:, 0] + shift, 1.0), obs=y)
+
+
+def _regression_step(model, x: torch.Tensor, y: torch.Tensor) -> TracedELBO:
+    guide = psb.guides.mean_field(model)
+    guide(x, y)
+    return TracedELBO(TraceMeanField_ELBO().differentiable_loss, model, guide,
+                      list(guide.parameters()))  # fmt: skip
+
+
+def _key(x: torch.Tensor, y: torch.Tensor) -> tuple:
+    return x.shape, y.shape, x.dtype, y.dtype, x.device
+
+
+def test_untraceable_step_runs_eagerly_with_a_warning(iris, monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise RuntimeError("no graph")
+
+    monkeypatch.setattr(traced_elbo, "make_fx", fail)
+    x, y = iris[0][:16], iris[0][:16, 1]
+    step = _regression_step(_CountingModel(), x, y)
+    with pytest.warns(UserWarning, match=r"could not be traced \(RuntimeError: no graph\)"):
+        loss = step(x, y, observed=1.0, latent=1.0)
+    assert step._graphs[_key(x, y)] is None
+    assert torch.isfinite(loss) and all(p.grad is not None for p in step.params)
+
+
+def test_graph_that_disagrees_when_traced_is_dropped(iris) -> None:
+    x, y = iris[0][:16], iris[0][:16, 1]
+    step = _regression_step(_CountingModel(), x, y)
+    with pytest.warns(UserWarning, match="differs from the eager one"):
+        step(x, y, observed=1.0, latent=1.0)
+    assert step._graphs[_key(x, y)] is None
+
+
+def test_graph_that_read_the_data_is_dropped_on_new_data(iris) -> None:
+    x, y = iris[0][:16], iris[0][:16, 1]
+    step = _regression_step(_data_reading_model, x, y)
+    step(x, y, observed=1.0, latent=1.0)  # same data as traced on: the constant is right
+    assert step._graphs[_key(x, y)] is not None
+    other_x, other_y = iris[0][16:32], iris[0][16:32, 1]
+    eager = TracedELBO(step.loss_fn, step.model, step.guide, step.params, traced=False)
+    torch.manual_seed(2)
+    expected = eager(other_x, other_y, observed=1.0, latent=1.0)
+    torch.manual_seed(2)
+    with pytest.warns(UserWarning, match="on a new minibatch"):
+        loss = step(other_x, other_y, observed=1.0, latent=1.0)
+    assert step._graphs[_key(x, y)] is None
+    torch.testing.assert_close(loss, expected)  # this step already ran eagerly
+
+
+def test_bad_traced_flag_is_rejected(iris) -> None:
+    bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
+    with pytest.raises(TypeError, match="traced"):
+        psb.fit(bnn, *iris, method="svi", epochs=1, traced="yes", progress=False)
+
+
+def test_docstring_examples_run() -> None:
+    assert doctest.testmod(traced_elbo, raise_on_error=True).failed == 0
