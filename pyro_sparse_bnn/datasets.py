@@ -104,6 +104,8 @@ def load(
     """
     if name not in _LOADERS:
         raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     _check_split(split)
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must lie in the open interval (0, 1), got {test_size!r}")

@@ -327,7 +327,11 @@ def _build(args: argparse.Namespace) -> tuple[Data, SparseBNN, bool]:
         prior = PRIORS[args.prior](**_prior_args(args.prior_arg))
     except TypeError as err:
         raise ValueError(f"--prior-arg does not fit prior {args.prior!r}: {err}") from None
-    likelihood = likelihoods.Categorical() if classify else likelihoods.Gaussian()
+    if classify:
+        likelihood = likelihoods.Categorical()
+    else:  # the penalised fits train a point estimate: no latent noise, unit scale
+        deterministic = args.method in ("l1", "l0")
+        likelihood = likelihoods.Gaussian(noise=1.0 if deterministic else None)
     torch.manual_seed(args.seed)  # the network's initial weights
     net = mlp([data.X_train.shape[1], *args.hidden, outputs])
     return data, SparseBNN(net, prior, likelihood), classify

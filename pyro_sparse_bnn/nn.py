@@ -165,11 +165,10 @@ class SparseBNN(PyroModule):
 
     def check_data(self, x: Tensor, y: Tensor | None = None) -> None:
         """Raise ``ValueError``/``TypeError`` if ``x``/``y`` do not fit this network."""
-        if x.dim() < 2 or x.shape[1] != self.in_features:
-            raise ValueError(
-                f"X must have shape (n, {self.in_features}, ...) for this network, "
-                f"got {tuple(x.shape)}"
-            )
+        linear = isinstance(self.net.get_submodule(self.layer_names[0]), nn.Linear)
+        if x.dim() < 2 or x.shape[1] != self.in_features or (linear and x.dim() != 2):
+            expected = f"(n, {self.in_features})" if linear else f"(n, {self.in_features}, ...)"
+            raise ValueError(f"X must have shape {expected} for this network, got {tuple(x.shape)}")
         if y is not None:
             self.likelihood.check_targets(y, self.out_features)
 

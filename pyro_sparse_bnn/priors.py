@@ -344,7 +344,9 @@ class SpikeAndSlab(Prior):
         centered: bool = False,
     ) -> None:
         super().__init__(groups=groups, centered=centered)
-        if not isinstance(inclusion_prob, int | float) or not 0 < inclusion_prob < 1:
+        if isinstance(inclusion_prob, bool) or not isinstance(inclusion_prob, int | float):
+            raise TypeError(f"inclusion_prob must be a number, got {inclusion_prob!r}")
+        if not 0 < inclusion_prob < 1:
             raise ValueError(f"inclusion_prob must lie in (0, 1), got {inclusion_prob!r}")
         spike, slab = _positive("spike_scale", spike_scale), _positive("slab_scale", slab_scale)
         if spike >= slab:

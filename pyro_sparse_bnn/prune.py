@@ -46,6 +46,7 @@ from torch.nn.utils import prune as torch_prune
 
 from . import distributions
 from .sparsity import keep_masks, signal_to_noise
+from .validation import check_xy
 
 __all__ = [
     "SPARSE_VD_LOG_ALPHA",
@@ -507,7 +508,7 @@ def prune_result(result: Any, threshold: float, example_input: Tensor | None = N
     if not isinstance(net, nn.Module):
         raise TypeError("result.model must be a SparseBNN (a model with a .net network)")
     threshold = _check_threshold(threshold, "threshold")
-    x = result.x[:1] if example_input is None else example_input
+    x = result.x[:1] if example_input is None else check_xy(example_input, model=model)[0]
     gated = result.info.get("network")
     if hasattr(gated, "plain_network"):
         return prune(gated.plain_network(), x)

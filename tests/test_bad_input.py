@@ -3,8 +3,6 @@ the model, the global RNG and the file system unchanged (cases beyond tests/test
 
 Tables: data errors for every inference method in ``METHODS`` (svi's are in test_validation.py),
 method options, priors and ``SparseBNN``, ``FitResult`` methods, datasets and the ``psbnn`` CLI.
-A case with a ``gap`` is a known hole, marked ``xfail(strict=True)``: the gap names the change
-that closes it (and the case then fails as XPASS until the mark is removed).
 """
 
 from __future__ import annotations
@@ -34,10 +32,9 @@ INF, NAN = float("inf"), float("nan")
 pytestmark = pytest.mark.filterwarnings("ignore:the model has non-Bayesian parameters")
 
 
-def case(name: str, *values: Any, gap: str | None = None) -> Any:
-    """One table row with id ``name``; ``gap`` marks a known hole as a strict xfail."""
-    marks = pytest.mark.xfail(strict=True, reason=gap) if gap else ()
-    return pytest.param(*values, id=name, marks=marks)
+def case(name: str, *values: Any) -> Any:
+    """One table row with id ``name``."""
+    return pytest.param(*values, id=name)
 
 
 def classifier() -> psb.SparseBNN:
@@ -147,7 +144,6 @@ OPTION_CASES = [
         {"variant": "thesis"},
         ValueError,
         "variant",
-        gap="fit_vadam ignores variant unless ard=True",
     ),
     case(
         "vadam-a0-no-ard",
@@ -155,7 +151,6 @@ OPTION_CASES = [
         {"a0": 1.0, "b0": 1.0},
         ValueError,
         "a0",
-        gap="fit_vadam ignores a0 and b0 unless ard=True",
     ),
     case("l1-negative", "l1", {"l1": -1.0}, ValueError, "l1"),
     case("l1-threshold-nan", "l1", {"threshold": NAN}, ValueError, "threshold"),
@@ -323,8 +318,6 @@ CONSTRUCTION_CASES = [
         lambda net: P.SpikeAndSlab(inclusion_prob="0.5"),
         TypeError,
         "inclusion_prob",
-        gap="SpikeAndSlab raises ValueError for a non-number probability, "
-        "where every other hyperparameter raises TypeError",
     ),
     case("ss-equal-scales", lambda net: P.SpikeAndSlab(spike_scale=1.0), ValueError, "spike_scale"),
     case("ss-slab-negative", lambda net: P.SpikeAndSlab(slab_scale=-1.0), ValueError, "slab_scale"),
@@ -414,7 +407,6 @@ RESULT_CASES = [
         lambda r: r.prune(example_input=X[:, :2]),
         ValueError,
         r"\(n, 4",
-        gap="prune_result ignores a wrong example_input for an MLP",
     ),
     case("arviz-features", lambda r: r.to_arviz(X[:, :3], Y), ValueError, r"\(n, 4"),
     case("arviz-lengths", lambda r: r.to_arviz(X, Y[:4]), ValueError, "same number of rows"),
@@ -460,7 +452,6 @@ DATASET_CASES = [
         lambda d: psb.datasets.load("iris", dtype=torch.int64),
         TypeError,
         "dtype",
-        gap="datasets.load truncates standardised features to an int dtype",
     ),
     case(
         "sparse-regression-noise",
@@ -603,23 +594,11 @@ def test_validation_helpers_doctests():
     assert doctest.testmod(validation).failed == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="SparseBNN.check_data checks X.shape[1] only: an (n, 4, 1) X passes and then fails "
-    "inside the network with a matrix-shape RuntimeError",
-)
 def test_extra_feature_dims_are_rejected_up_front():
-    with pytest.raises(ValueError, match=r"X must have shape \(n, 4"):
+    with pytest.raises(ValueError, match=r"X must have shape \(n, 4\)"):
         psb.fit(classifier(), X[:, :, None], Y, epochs=2, progress=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SystemExit,
-    reason="psbnn fit builds Gaussian() (learned noise) for regression, which --method l1/l0 "
-    "reject: a valid command ends in a usage error",
-)
 def test_cli_penalised_fit_on_a_regression_data_set(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["fit", "diabetes", "-o", "out", "--method", "l1", "--epochs", "2", "--hidden", "2"]

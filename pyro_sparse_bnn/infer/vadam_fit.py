@@ -358,6 +358,11 @@ def fit_vadam(
     _check_bool(per_example_grads, "per_example_grads")
     _check_nonnegative(a0, "a0")
     _check_nonnegative(b0, "b0")
+    if not ard:
+        ard_only = {"variant": variant != "gamma", "a0": a0 != 0.0, "b0": b0 != 0.0}
+        if any(ard_only.values()):
+            names = ", ".join(k for k, v in ard_only.items() if v)
+            raise ValueError(f"{names} only apply to VADAM-ARD: pass ard=True")
     if check_positive_int(num_posterior_samples, "num_posterior_samples") < 2:
         raise ValueError(f"num_posterior_samples must be at least 2, got {num_posterior_samples}")
     if callback is not None and not callable(callback):
