@@ -14,6 +14,9 @@ with a Gaussian likelihood whose noise scale is a latent site.
 * ``sgld_sa`` / ``sgld_em``: ``fit(method="sgld_sa" | "sgld_em")``, the paper's settings: SSGL
   prior v0 = 0.1, v1 = 10, a = 1, b = p, nu = lambda = 1; SGLD step 1e-3 * k^(-1/3); SA weights
   min(0.1, 1000 / (100 + k)^0.7) (EM: 1); the noise scale is the SA estimate sigma; full batch.
+* ``sgld_sa_pruned``: ``sgld_sa`` with the paper's rho-based pruning
+  (``pruning="inclusion"``): from the end of burn-in on, the weights whose inclusion probability
+  is at most 0.5 are set to zero and sampled no more.
 * ``sgld``: ``fit(method="sgld")`` under the model's own prior, Normal(0, sqrt(10)) weights (the
   slab width) and a HalfNormal(2) noise scale, same step schedule.
 * ``svi_horseshoe``: ``fit(method="svi")`` with a mean-field guide and a ``priors.Horseshoe``
@@ -92,9 +95,12 @@ def summarise(
 
 def run_sgmcmc(name: str, data, args, **options: Any) -> dict[str, Any]:
     prior = psb.priors.Normal(10**0.5)  # only used by plain SGLD: SSGL replaces it
+    method = name.removesuffix("_pruned")
+    if name.endswith("_pruned"):
+        options["pruning"] = "inclusion"
     start = time.perf_counter()
     fit = psb.fit(
-        linear_bnn(prior), data.X_train, data.y_train, method=name, step_size=STEP,
+        linear_bnn(prior), data.X_train, data.y_train, method=method, step_size=STEP,
         num_draws=args.draws, burn_in=args.burn_in, thin=args.thin, num_chains=args.chains,
         init={"0.weight": torch.zeros(1, P)}, seed=args.seed, progress=False, **options,
     )  # fmt: skip
@@ -151,7 +157,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 chains x 3000 iterations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nuts-draws", type=int, default=250, help="NUTS warm-up = draws")
-    parser.add_argument("--methods", default="sgld_sa,sgld_em,sgld,svi_horseshoe,nuts_horseshoe")
+    parser.add_argument(
+        "--methods", default="sgld_sa,sgld_sa_pruned,sgld_em,sgld,svi_horseshoe,nuts_horseshoe"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.quick:
