@@ -87,13 +87,18 @@ def _is_mutating(node: fx.Node) -> bool:
     return node.op == "call_function" and schema is not None and schema.is_mutable
 
 
+def _is_random(node: fx.Node) -> bool:
+    """A random draw: each replay must draw afresh, so it is never folded or merged."""
+    return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
+
+
 def simplify_graph(graph_module: fx.GraphModule) -> fx.GraphModule:
     """Fewer operations per replay of a traced ATen graph, with the same results.
 
     Folds every operation whose inputs are all constants (the data, prior hyperparameters,
     ``log(scale)`` terms ...) into a stored tensor, drops no-op views (same shape, or ``alias``)
-    and merges duplicate operations. Values that an in-place operation may later mutate (through
-    any chain of views) are never folded or merged.
+    and merges duplicate operations. Random draws, and values that an in-place operation may later
+    mutate (through any chain of views), are never folded or merged.
     """
     graph = graph_module.graph
     mutated: set[fx.Node] = set()
@@ -109,7 +114,7 @@ def simplify_graph(graph_module: fx.GraphModule) -> fx.GraphModule:
         if node.op == "get_attr":
             constants[node] = getattr(graph_module, node.target)
             continue
-        if node.op != "call_function" or node in mutated or _is_mutating(node):
+        if node.op != "call_function" or node in mutated or _is_mutating(node) or _is_random(node):
             continue
         if all(n in constants for n in node.all_input_nodes):
             value = node.target(

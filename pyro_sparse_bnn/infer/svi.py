@@ -89,9 +89,9 @@ def fit_svi(
             resumed fit ends with exactly the parameters of an uninterrupted one.
         traced: replay each step from a graph of tensor operations traced once per minibatch
             shape (:class:`~pyro_sparse_bnn.infer.traced_elbo.TracedELBO`) instead of running
-            the model and guide under Pyro's handlers: the same loss and gradients, several
-            times faster for small and mid-sized networks; steps that cannot be traced run
-            eagerly with a warning.
+            the model and guide under Pyro's handlers: the same loss and gradients, 1.5-2x
+            faster steps; Adam then runs fused (one kernel per parameter). Steps that cannot be
+            traced run eagerly with a warning.
 
     The loss is the negative ELBO per training row; the history is in ``result.info["history"]``.
     """
@@ -123,7 +123,7 @@ def fit_svi(
     start = time.perf_counter()
     guide(x[:batch_size], y[:batch_size])
     params = list({id(p): p for m in (model, guide) for p in _parameters(m)}.values())
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(params, lr=lr, fused=traced)  # one kernel per parameter
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_SCHEDULES[lr_schedule](epochs))
     loss_fn = ELBOS[elbo](num_particles=num_particles).differentiable_loss
     step = TracedELBO(loss_fn, model, guide, params, traced=traced)
