@@ -175,3 +175,20 @@ def test_random_draws_are_neither_folded_nor_merged() -> None:
     first, second = graph(torch.zeros(3)), graph(torch.zeros(3))
     assert not torch.equal(first[0], second[0])  # fresh on every replay
     assert not torch.equal(first[0], first[1])  # two draws, not one
+
+
+def test_conv_net_with_max_pool_traces(recwarn) -> None:
+    """Max-pooling returns (values, indices): the graph simplification must cope with it."""
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(18, 3),
+    )  # fmt: skip
+    bnn = psb.SparseBNN(net, psb.priors.LogUniform(), psb.likelihoods.Categorical())
+    guide = psb.sparse_guides.sparse_vd(bnn)
+    guide(x, y)
+    step = _step(bnn, guide, x, y, traced=True)
+    step(x, y, observed=1.0, latent=1.0)
+    assert step._graphs[_key(x, y)] is not None
+    assert not [w for w in recwarn if "traced SVI step" in str(w.message)]

@@ -87,6 +87,14 @@ def _is_mutating(node: fx.Node) -> bool:
     return node.op == "call_function" and schema is not None and schema.is_mutable
 
 
+def _same_shape(source: Any, node: fx.Node) -> bool:
+    """Whether ``node`` (a view of ``source``) has its source's shape, as traced."""
+    if not isinstance(source, fx.Node):
+        return False
+    before, after = source.meta.get("val"), node.meta.get("val")
+    return isinstance(before, Tensor) and isinstance(after, Tensor) and before.shape == after.shape
+
+
 def _is_random(node: fx.Node) -> bool:
     """A random draw: each replay must draw afresh, so it is never folded or merged."""
     return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
@@ -131,13 +139,9 @@ def simplify_graph(graph_module: fx.GraphModule) -> fx.GraphModule:
                 constants[folded] = value
             continue
         source = node.args[0] if node.args else None
-        same_shape = (
-            isinstance(source, fx.Node)
-            and "val" in source.meta
-            and "val" in node.meta
-            and source.meta["val"].shape == node.meta["val"].shape
-        )
-        if node.target in _ALIASES or (node.target in _NOOP_IF_SAME_SHAPE and same_shape):
+        if node.target in _ALIASES or (
+            node.target in _NOOP_IF_SAME_SHAPE and _same_shape(source, node)
+        ):
             node.replace_all_uses_with(source)
             graph.erase_node(node)
             continue
