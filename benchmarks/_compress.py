@@ -97,6 +97,7 @@ def _svi_fit(bnn, x, y, settings: dict, guide: str = "sparsevd") -> psb.FitResul
         num_posterior_samples=settings["num_posterior_samples"],
         seed=settings["seed"],
         progress=settings["progress"],
+        traced=True,
     )
 
 

@@ -6,12 +6,14 @@ local-reparameterisation SVI and naive weight-sampling SVI, side by side in one 
 Steps, all with Adam on the same network and MNIST-10k minibatches, one torch thread:
 
 * ``plain``: a deterministic ``nn.Sequential`` step on the cross-entropy;
-* ``lrt``: ``SparseBNN`` (Normal prior) with the mean-field guide (``guides.mean_field``),
-  ``LocalReparameterizationELBO`` (pre-activations sampled, analytic KL) under ``ScaleSites``,
-  the step ``fit(..., elbo="lrt")`` takes;
+* ``lrt``: ``SparseBNN`` (Normal prior) with the mean-field guide (``guides.mean_field``) and
+  ``LocalReparameterizationELBO`` (pre-activations sampled, analytic KL): the step
+  ``fit(..., elbo="lrt", traced=True)`` takes, replayed from its traced graph (``TracedELBO``);
 * ``lrt_sparsevd``: the same with the log-uniform prior and the SparseVD guide;
-* ``naive``: the ``fit_svi`` step with the mean-field guide and ``TraceMeanField_ELBO``: one
-  weight draw per minibatch, shared by its 100 examples.
+* ``lrt_eager``: ``lrt`` run through Pyro's handlers every step (``traced=False``);
+* ``naive``: the stock Pyro step, mean-field guide and ``TraceMeanField_ELBO`` run eagerly: one
+  weight draw per minibatch, shared by its 100 examples;
+* ``naive_traced``: ``naive`` replayed from its traced graph, the arithmetic of a shared draw.
 
 The variants run in interleaved rounds (``ROUNDS`` x ``STEPS`` steps each) so that load from other
 processes hits them alike; the median round gives ms per step. Writes
@@ -35,7 +37,7 @@ from _common import print_table, write_results
 from pyro.infer import TraceMeanField_ELBO
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.handlers import ScaleSites
+from pyro_sparse_bnn.infer.traced_elbo import TracedELBO
 from pyro_sparse_bnn.lrt import LocalReparameterizationELBO
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist10k"
@@ -43,23 +45,22 @@ BATCH = 100
 ROUNDS, STEPS = 15, 10
 
 
-def svi_step(prior, guide_name: str, elbo, x: torch.Tensor, y: torch.Tensor, n: int) -> Callable:
+def svi_step(
+    prior, guide_name: str, elbo, x: torch.Tensor, y: torch.Tensor, n: int, traced: bool
+) -> Callable:
     torch.manual_seed(0)
     bnn = psb.SparseBNN(psb.mlp([784, 300, 100, 10]), prior, psb.likelihoods.Categorical())
     guide = psb.guides.make_guide(guide_name, bnn)
     guide(x[:BATCH], y[:BATCH])
     params = [*bnn.parameters(), *guide.parameters()]
-    optimizer = torch.optim.Adam(params, lr=1e-3)
-    loss_fn = elbo.differentiable_loss
+    optimizer = torch.optim.Adam(params, lr=1e-3, fused=traced)  # as fit_svi
+    loss = TracedELBO(elbo.differentiable_loss, bnn, guide, params, traced=traced)
     batches = x.split(BATCH), y.split(BATCH)
     state = {"i": 0}
 
-    def step() -> None:
+    def step() -> None:  # fit_svi's step: the loss per training row, then Adam
         i = state["i"] = (state["i"] + 1) % len(batches[0])
-        scale = ScaleSites(observed=n / BATCH)
-        optimizer.zero_grad()
-        loss = loss_fn(scale(bnn), scale(guide), batches[0][i], batches[1][i]) / n
-        loss.backward()
+        loss(batches[0][i], batches[1][i], observed=1 / BATCH, latent=1 / n)
         optimizer.step()
 
     return step
@@ -68,7 +69,7 @@ def svi_step(prior, guide_name: str, elbo, x: torch.Tensor, y: torch.Tensor, n: 
 def plain_step(x: torch.Tensor, y: torch.Tensor) -> Callable:
     torch.manual_seed(0)
     net = copy.deepcopy(psb.mlp([784, 300, 100, 10]))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
     batches = x.split(BATCH), y.split(BATCH)
     state = {"i": 0}
 
@@ -90,13 +91,15 @@ def main() -> None:
     pyro.set_rng_seed(0)
     x, y = psb.datasets.load_mnist(MNIST, split="train")
     n = x.shape[0]
+    normal, log_uniform = psb.priors.Normal(), psb.priors.LogUniform()
+    lrt, naive = LocalReparameterizationELBO(), TraceMeanField_ELBO()
     variants = {
         "plain": plain_step(x, y),
-        "lrt": svi_step(psb.priors.Normal(), "mean_field", LocalReparameterizationELBO(), x, y, n),
-        "lrt_sparsevd": svi_step(
-            psb.priors.LogUniform(), "sparsevd", LocalReparameterizationELBO(), x, y, n
-        ),
-        "naive": svi_step(psb.priors.Normal(), "mean_field", TraceMeanField_ELBO(), x, y, n),
+        "lrt": svi_step(normal, "mean_field", lrt, x, y, n, traced=True),
+        "lrt_sparsevd": svi_step(log_uniform, "sparsevd", lrt, x, y, n, traced=True),
+        "lrt_eager": svi_step(normal, "mean_field", lrt, x, y, n, traced=False),
+        "naive": svi_step(normal, "mean_field", naive, x, y, n, traced=False),
+        "naive_traced": svi_step(normal, "mean_field", naive, x, y, n, traced=True),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for step in variants.values():  # warm-up
@@ -121,10 +124,12 @@ def main() -> None:
             "ratio_lrt_over_plain": ms["lrt"] / ms["plain"],
             "ratio_naive_over_lrt": ms["naive"] / ms["lrt"],
             "ratio_sparsevd_lrt_over_plain": ms["lrt_sparsevd"] / ms["plain"],
+            "ratio_lrt_eager_over_lrt": ms["lrt_eager"] / ms["lrt"],
+            "ratio_naive_traced_over_lrt": ms["naive_traced"] / ms["lrt"],
         }
     )
     print_table(rows[:-1], ["variant", "ms_per_step", "ms_per_step_min"])
-    print_table(rows[-1:], ["ratio_lrt_over_plain", "ratio_naive_over_lrt"])
+    print_table(rows[-1:], [k for k in rows[-1] if k.startswith("ratio")])
     write_results(
         "speed_lrt",
         rows,
