@@ -25,18 +25,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
-from torch import Tensor, fx
+from torch import Tensor
 from torch.distributions import Transform, biject_to
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..sites import is_improper, unvalidated
+from .graph_simplify import simplify_graph
 
 __all__ = ["FlatPotential", "check_latent_sites", "latent_nodes"]
 
@@ -69,91 +69,6 @@ def check_latent_sites(nodes: Mapping[str, dict]) -> None:
                 f"site {name!r} is discrete ({type(fn).__name__}); HMC/NUTS needs continuous "
                 "latent sites"
             )
-
-
-_aten = torch.ops.aten
-_NOOP_IF_SAME_SHAPE = {
-    _aten.view.default, _aten.expand.default, _aten._unsafe_view.default, _aten.reshape.default,
-}  # fmt: skip
-_ALIASES = {_aten.alias.default}
-_VIEWS = _NOOP_IF_SAME_SHAPE | _ALIASES | {
-    _aten.permute.default, _aten.unsqueeze.default, _aten.squeeze.dims, _aten.slice.Tensor,
-    _aten.select.int, _aten.t.default, _aten.transpose.int,
-}  # fmt: skip
-
-
-def _is_mutating(node: fx.Node) -> bool:
-    schema = getattr(node.target, "_schema", None)
-    return node.op == "call_function" and schema is not None and schema.is_mutable
-
-
-def _same_shape(source: Any, node: fx.Node) -> bool:
-    """Whether ``node`` (a view of ``source``) has its source's shape, as traced."""
-    if not isinstance(source, fx.Node):
-        return False
-    before, after = source.meta.get("val"), node.meta.get("val")
-    return isinstance(before, Tensor) and isinstance(after, Tensor) and before.shape == after.shape
-
-
-def _is_random(node: fx.Node) -> bool:
-    """A random draw: each replay must draw afresh, so it is never folded or merged."""
-    return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
-
-
-def simplify_graph(graph_module: fx.GraphModule) -> fx.GraphModule:
-    """Fewer operations per replay of a traced ATen graph, with the same results.
-
-    Folds every operation whose inputs are all constants (the data, prior hyperparameters,
-    ``log(scale)`` terms ...) into a stored tensor, drops no-op views (same shape, or ``alias``)
-    and merges duplicate operations. Random draws, and values that an in-place operation may later
-    mutate (through any chain of views), are never folded or merged.
-    """
-    graph = graph_module.graph
-    mutated: set[fx.Node] = set()
-    for node in graph.nodes:
-        if _is_mutating(node):
-            target = node.args[0]
-            while isinstance(target, fx.Node) and target not in mutated:
-                mutated.add(target)
-                target = target.args[0] if target.target in _VIEWS else None
-    constants: dict[fx.Node, Any] = {}
-    seen: dict[tuple, fx.Node] = {}
-    for node in list(graph.nodes):
-        if node.op == "get_attr":
-            constants[node] = getattr(graph_module, node.target)
-            continue
-        if node.op != "call_function" or node in mutated or _is_mutating(node) or _is_random(node):
-            continue
-        if all(n in constants for n in node.all_input_nodes):
-            value = node.target(
-                *fx.map_arg(node.args, constants.get), **fx.map_arg(node.kwargs, constants.get)
-            )
-            if isinstance(value, Tensor):
-                value = value.clone()
-                name = f"_folded_{len(constants)}"
-                graph_module.register_buffer(name, value)
-                with graph.inserting_before(node):
-                    folded = graph.get_attr(name)
-                node.replace_all_uses_with(folded)
-                graph.erase_node(node)
-                constants[folded] = value
-            continue
-        source = node.args[0] if node.args else None
-        if node.target in _ALIASES or (
-            node.target in _NOOP_IF_SAME_SHAPE and _same_shape(source, node)
-        ):
-            node.replace_all_uses_with(source)
-            graph.erase_node(node)
-            continue
-        key = (node.target, repr(node.args), repr(node.kwargs))
-        if key in seen:
-            node.replace_all_uses_with(seen[key])
-            graph.erase_node(node)
-        else:
-            seen[key] = node
-    graph.eliminate_dead_code()
-    graph_module.recompile()
-    return graph_module
 
 
 @dataclass(frozen=True)

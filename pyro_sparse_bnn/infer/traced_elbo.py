@@ -41,7 +41,7 @@ from torch import Tensor, fx, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..handlers import ScaleSites
-from .potential import simplify_graph
+from .graph_simplify import simplify_graph
 
 __all__ = ["TracedELBO"]
 
@@ -163,6 +163,7 @@ def _params_as_inputs(graph: fx.GraphModule, params: list[nn.Parameter]) -> fx.G
     for i in range(len(params)):
         with graph.graph.inserting_before(first):
             inputs.append(graph.graph.placeholder(f"param_{i}"))
+        inputs[-1].meta["val"] = torch.empty_like(params[i], device="meta")
     for node in list(graph.graph.nodes):
         if node.op == "get_attr" and id(getattr(graph, node.target, None)) in index:
             node.replace_all_uses_with(inputs[index[id(getattr(graph, node.target))]])

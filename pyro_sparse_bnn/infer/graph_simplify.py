@@ -1,0 +1,196 @@
+"""Fewer operations per replay of a traced ATen graph (``make_fx``), with the same results.
+
+Traced Pyro steps carry much arithmetic that does not depend on what changes between replays
+(the data, prior hyperparameters), identities (``x / 1`` for a unit prior scale, ``pow(x, 1)`` in
+autograd's derivative of ``x ** 2``) and elementwise work on broadcast scalars. Each of those is a
+pass over a weight-sized tensor on every step; :func:`simplify_graph` removes them.
+
+>>> import torch
+>>> from torch.fx.experimental.proxy_tensor import make_fx
+>>> one = torch.ones(3)  # a stored constant of the graph, e.g. a prior scale
+>>> graph = make_fx(lambda x: (x / one) ** 1.0 + x.sum().expand(3) * 2)(torch.ones(3))
+>>> [str(n.target) for n in simplify_graph(graph).graph.nodes if n.op == "call_function"]
+['aten.sum.default', 'aten.mul.Tensor', 'aten.expand.default', 'aten.add.Tensor']
+>>> graph(torch.tensor([1.0, 2.0, 3.0]))
+tensor([13., 14., 15.])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, fx
+
+__all__ = ["simplify_graph"]
+
+_aten = torch.ops.aten
+_NOOP_IF_SAME_SHAPE = {
+    _aten.view.default, _aten.expand.default, _aten._unsafe_view.default, _aten.reshape.default,
+}  # fmt: skip
+_ALIASES = {_aten.alias.default}
+_VIEWS = _NOOP_IF_SAME_SHAPE | _ALIASES | {
+    _aten.permute.default, _aten.unsqueeze.default, _aten.squeeze.dims, _aten.slice.Tensor,
+    _aten.select.int, _aten.t.default, _aten.transpose.int,
+}  # fmt: skip
+# op -> the second argument that makes it return its first unchanged (not ``x + 0``: -0 -> +0)
+_IDENTITY = {
+    _aten.mul.Tensor: 1, _aten.mul.Scalar: 1, _aten.div.Tensor: 1, _aten.div.Scalar: 1,
+    _aten.pow.Tensor_Scalar: 1, _aten.sub.Tensor: 0,
+}  # fmt: skip
+# elementwise ops whose arguments other than the first are numbers: op(expand(s)) == expand(op(s))
+_ELEMENTWISE = {
+    _aten.neg.default, _aten.exp.default, _aten.log.default, _aten.sqrt.default,
+    _aten.reciprocal.default, _aten.mul.Tensor, _aten.mul.Scalar, _aten.div.Tensor,
+    _aten.div.Scalar, _aten.pow.Tensor_Scalar, _aten.add.Tensor, _aten.sub.Tensor,
+}  # fmt: skip
+
+
+def simplify_graph(graph_module: fx.GraphModule) -> fx.GraphModule:
+    """Simplify a traced ATen graph in place and return it.
+
+    In one pass over the graph: folds every operation whose inputs are all constants (stored
+    tensors such as the data or prior hyperparameters) into a stored tensor; drops identities
+    (``x * 1``, ``x / 1``, ``x - 0``, ``x ** 1``, the ``1`` or ``0`` a number or a stored tensor
+    of ones or zeros, the result of ``x``'s shape and dtype); computes elementwise operations on a
+    broadcast (``expand``) before broadcasting, where no view or graph output sees the broadcast
+    result; drops no-op views (same shape, or ``alias``) and merges duplicate operations. Random
+    draws, and values that an in-place operation may later mutate (through any chain of views),
+    are never folded or merged.
+    """
+    graph = graph_module.graph
+    mutated = _mutated(graph)
+    constants: dict[fx.Node, Any] = {}
+    seen: dict[tuple, fx.Node] = {}
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            constants[node] = getattr(graph_module, node.target)
+            continue
+        if node.op != "call_function" or node in mutated or _is_mutating(node) or _is_random(node):
+            continue
+        if all(n in constants for n in node.all_input_nodes):
+            _fold(graph_module, node, constants)
+            continue
+        source = node.args[0] if node.args else None
+        if (
+            node.target in _ALIASES
+            or (node.target in _NOOP_IF_SAME_SHAPE and _same_shape(source, node))
+            or _is_identity(node, constants)
+        ):
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+            continue
+        if _sink_below_expand(graph, node):
+            continue
+        key = (node.target, repr(node.args), repr(node.kwargs))
+        if key in seen:
+            node.replace_all_uses_with(seen[key])
+            graph.erase_node(node)
+        else:
+            seen[key] = node
+    graph.eliminate_dead_code()
+    graph_module.recompile()
+    return graph_module
+
+
+def _mutated(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes an in-place operation writes to, directly or through a chain of views."""
+    mutated: set[fx.Node] = set()
+    for node in graph.nodes:
+        if _is_mutating(node):
+            target = node.args[0]
+            while isinstance(target, fx.Node) and target not in mutated:
+                mutated.add(target)
+                target = target.args[0] if target.target in _VIEWS else None
+    return mutated
+
+
+def _fold(graph_module: fx.GraphModule, node: fx.Node, constants: dict[fx.Node, Any]) -> None:
+    """Replace ``node`` (constant inputs only) by a stored tensor holding its value."""
+    value = node.target(
+        *fx.map_arg(node.args, constants.get), **fx.map_arg(node.kwargs, constants.get)
+    )
+    if isinstance(value, Tensor):
+        name = f"_folded_{len(constants)}"
+        graph_module.register_buffer(name, value.clone())
+        with graph_module.graph.inserting_before(node):
+            folded = graph_module.graph.get_attr(name)
+        folded.meta["val"] = _meta(value.shape, value.dtype)
+        node.replace_all_uses_with(folded)
+        graph_module.graph.erase_node(node)
+        constants[folded] = value
+
+
+def _is_identity(node: fx.Node, constants: dict[fx.Node, Any]) -> bool:
+    """Whether ``node`` returns its first argument unchanged (see :data:`_IDENTITY`)."""
+    if node.target not in _IDENTITY or len(node.args) != 2 or node.kwargs:
+        return False
+    source, other = node.args
+    other = constants.get(other, other) if isinstance(other, fx.Node) else other
+    neutral = _IDENTITY[node.target]
+    if isinstance(other, Tensor):
+        if not bool((other == neutral).all()):
+            return False
+    elif isinstance(other, bool) or not isinstance(other, int | float) or other != neutral:
+        return False
+    if source.op in ("placeholder", "get_attr") and any(u.op == "output" for u in node.users):
+        return False  # the graph would return its input or a stored tensor, for callers to mutate
+    before, after = _val(source), _val(node)
+    return (
+        before is not None
+        and after is not None
+        and before.shape == after.shape
+        and before.dtype == after.dtype
+    )
+
+
+def _sink_below_expand(graph: fx.Graph, node: fx.Node) -> bool:
+    """Rewrite ``op(expand(s), numbers...)`` as ``expand(op(s, numbers...))``; whether it did."""
+    if node.target not in _ELEMENTWISE or node.kwargs or not node.args:
+        return False
+    expand, *rest = node.args
+    if not (
+        isinstance(expand, fx.Node)
+        and expand.target is _aten.expand.default
+        and all(isinstance(a, int | float) and not isinstance(a, bool) for a in rest)
+    ):
+        return False
+    small, out = _val(expand.args[0]), _val(node)
+    if any(user.op != "call_function" or user.target in _VIEWS for user in node.users):
+        return False  # a broadcast result must not become a view's base or a returned gradient
+    if small is None or out is None or small.numel() == out.numel():
+        return False
+    with graph.inserting_before(node):
+        inner = graph.call_function(node.target, (expand.args[0], *rest))
+        inner.meta["val"] = _meta(small.shape, out.dtype)
+        outer = graph.call_function(_aten.expand.default, (inner, *expand.args[1:]))
+        outer.meta["val"] = _meta(out.shape, out.dtype)
+    node.replace_all_uses_with(outer)
+    graph.erase_node(node)
+    return True
+
+
+def _val(node: Any) -> Tensor | None:
+    """The tensor (a fake or meta one: shape and dtype) that ``node`` held when traced."""
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return value if isinstance(value, Tensor) else None
+
+
+def _meta(shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _is_mutating(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return node.op == "call_function" and schema is not None and schema.is_mutable
+
+
+def _same_shape(source: Any, node: fx.Node) -> bool:
+    """Whether ``node`` (a view of ``source``) has its source's shape, as traced."""
+    before, after = _val(source), _val(node)
+    return before is not None and after is not None and before.shape == after.shape
+
+
+def _is_random(node: fx.Node) -> bool:
+    """A random draw: each replay must draw afresh, so it is never folded or merged."""
+    return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
