@@ -13,6 +13,7 @@ import torch
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.fit_command import load_data, main
+from pyro_sparse_bnn.infer.traced_elbo import TracedELBO
 
 
 def blobs(n=60, seed=0):
@@ -50,6 +51,23 @@ def test_fit_writes_a_loadable_result_and_consistent_metrics(npz_fit):
     assert sorted(metrics["plots"]) == ["calibration.png", "relevance_histogram.png"]
     for name in metrics["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_traced_fit_gives_the_eager_fit(npz_fit, tmp_path, monkeypatch):
+    """``--traced`` replays the same SVI steps from a graph: the same metrics as the eager fit
+    of the fixture (up to the rounding of fused Adam)."""
+    _, eager = npz_fit
+    traces = []
+    trace = TracedELBO._trace
+    monkeypatch.setattr(TracedELBO, "_trace", lambda self, *a: traces.append(1) or trace(self, *a))
+    argv = ["fit", str(eager.parent / "blobs.npz"), "--hidden", "4", "--epochs", "30", "--lr"]
+    argv += ["0.05", "--prior", "laplace", "--prior-arg", "scale=0.5", "--no-plots", "--traced"]
+    assert main([*argv, "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    traced = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    expected = json.loads((eager / "metrics.json").read_text())
+    assert traced["test"] == pytest.approx(expected["test"], rel=1e-4)
+    assert traced["n_kept"] == expected["n_kept"]
+    assert traces  # the steps did run from a graph
 
 
 def test_csv_with_header_keeps_rows_and_targets_together(tmp_path):
@@ -106,6 +124,8 @@ def test_idx_images_with_mnist_named_labels(tmp_path, compress):
         (["fit", "iris", "-o", "out", "--devices", "2", "--method", "l1"], "SVI only"),
         (["fit", "BAD_CSV", "-o", "out"], "not a table of numbers"),
         (["fit", "iris", "-o", "out", "--method", "sgld", "--epochs", "5"], "does not apply"),
+        (["fit", "iris", "-o", "out", "--method", "l1", "--traced"], "--traced does not apply"),
+        (["fit", "iris", "-o", "out", "--devices", "2", "--traced"], "single-process SVI"),
     ],
 )
 def test_bad_input_is_a_usage_error_with_one_clear_line(argv, message, tmp_path, capsys):
