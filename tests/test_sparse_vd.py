@@ -131,6 +131,25 @@ def test_result_relevance_is_exact_under_the_sparsevd_guide():
         assert torch.allclose(torch.as_tensor(scores), exact)
 
 
+def test_biases_under_a_bias_prior_get_exact_relevance_and_masks():
+    """With ``bias_prior`` the bias sites are weight sites too: relevance ``|theta| / sigma``
+    of their own guide Normal, masks for every site, and masked predictions that zero them."""
+    X, y = psb.datasets.load("iris")
+    torch.manual_seed(0)
+    prior = psb.priors.LogUniform()
+    bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), prior, psb.likelihoods.Categorical(), bias_prior=prior)
+    fit = psb.fit(bnn, X, y, guide="sparsevd", epochs=30, lr=0.05, num_posterior_samples=5,
+                  progress=False)  # fmt: skip
+    assert sorted(fit.masks()) == sorted(fit.weight_sites) == ["0.bias", "0.weight", "2.bias",
+                                                              "2.weight"]  # fmt: skip
+    for site in ("0.bias", "2.bias"):
+        exact = fit.guide.loc(site).abs() / fit.guide.scale(site)
+        assert torch.allclose(fit.relevance()[site], exact.detach())
+    # with every site pruned, the masked network outputs zeros: uniform class probabilities
+    probs = fit.predict(X[:5], masked=True, threshold=float("inf"))["probs"]
+    assert torch.allclose(probs, torch.full_like(probs, 1 / 3))
+
+
 @pytest.mark.slow
 def test_weight_moments_match_draws():
     """Non-centred w = z * s: the product moments equal Monte Carlo moments of 1000 guide draws

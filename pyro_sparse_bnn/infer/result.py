@@ -161,10 +161,14 @@ class FitResult:
         moments), otherwise estimated from the stored draws, whose sampling noise floors the
         relevance of a zero-mean weight at about ``1 / sqrt(draws)``.
         """
+        exact: dict[str, tuple[Tensor, Tensor]] = {}
         if isinstance(self.guide, SparseVDGuide) and hasattr(self.model, "layer_names"):
-            exact = weight_moments(self.model, self.guide)
-            return {k: (mean, var.sqrt()) for k, (mean, var) in exact.items()}
-        return {k: moments(self.samples[k]) for k in self.weight_sites}
+            layers = weight_moments(self.model, self.guide)
+            exact = {k: (mean, var.sqrt()) for k, (mean, var) in layers.items()}
+            # sites beside the layer weights (biases under ``bias_prior``): the guide's own Normal
+            for k in set(self.guide.site_names()) & set(self.weight_sites) - set(exact):
+                exact[k] = (self.guide.loc(k).detach().clone(), self.guide.scale(k).detach())
+        return {k: exact[k] if k in exact else moments(self.samples[k]) for k in self.weight_sites}
 
     def relevance(self) -> dict[str, Tensor]:
         """Posterior signal-to-noise ``|mean| / sd`` per weight site (:meth:`weight_moments`)."""
