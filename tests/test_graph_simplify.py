@@ -99,6 +99,22 @@ def test_a_returned_broadcast_result_stays_a_full_tensor() -> None:
     assert torch.equal(out, torch.full((4, 3), 10.0))
 
 
+def test_reads_around_an_in_place_update_keep_their_order() -> None:
+    """``y = x * 1`` read after ``x`` is updated in place must keep the old value, and two
+    equal-looking reads on either side of the update are two values."""
+
+    def f(x):
+        x = x.clone()
+        before, twice_before = x * 1.0, x * 2.0
+        x.add_(1.0)
+        return before, twice_before, x * 2.0
+
+    graph = simplify_graph(make_fx(f)(torch.zeros(3)))
+    before, twice_before, twice_after = graph(torch.zeros(3))
+    assert torch.equal(before, torch.zeros(3)) and torch.equal(twice_before, torch.zeros(3))
+    assert torch.equal(twice_after, torch.full((3,), 2.0))
+
+
 def test_random_draws_are_neither_folded_nor_merged() -> None:
     """Two draws from no tensor input: constant folding must not freeze them, nor merging
     make them one draw."""

@@ -55,8 +55,8 @@ def simplify_graph(graph_module: fx.GraphModule) -> fx.GraphModule:
     of ones or zeros, the result of ``x``'s shape and dtype); computes elementwise operations on a
     broadcast (``expand``) before broadcasting, where no view or graph output sees the broadcast
     result; drops no-op views (same shape, or ``alias``) and merges duplicate operations. Random
-    draws, and values that an in-place operation may later mutate (through any chain of views),
-    are never folded or merged.
+    draws, and values that an in-place operation may mutate (through any chain of views), are
+    never folded, merged or read through an identity.
     """
     graph = graph_module.graph
     mutated = _mutated(graph)
@@ -75,13 +75,15 @@ def simplify_graph(graph_module: fx.GraphModule) -> fx.GraphModule:
         if (
             node.target in _ALIASES
             or (node.target in _NOOP_IF_SAME_SHAPE and _same_shape(source, node))
-            or _is_identity(node, constants)
+            or (source not in mutated and _is_identity(node, constants))
         ):
             node.replace_all_uses_with(source)
             graph.erase_node(node)
             continue
         if _sink_below_expand(graph, node):
             continue
+        if any(n in mutated for n in node.all_input_nodes):
+            continue  # two reads of a value may straddle its mutation
         key = (node.target, repr(node.args), repr(node.kwargs))
         if key in seen:
             node.replace_all_uses_with(seen[key])
