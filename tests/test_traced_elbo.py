@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import doctest
+import os
+import shutil
 
 import numpy as np
 import pyro
@@ -11,6 +13,7 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 from sklearn.datasets import load_iris
+from torch import fx
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.infer import traced_elbo
@@ -25,7 +28,7 @@ def iris() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
-def _fit(iris, prior: psb.priors.Prior, elbo: str, traced: bool) -> psb.FitResult:
+def _fit(iris, prior: psb.priors.Prior, elbo: str, traced: bool | str) -> psb.FitResult:
     torch.manual_seed(0)  # the network's initial weights
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), prior, psb.likelihoods.Categorical())
     return psb.fit(
@@ -47,7 +50,18 @@ def test_traced_fit_takes_the_eager_fits_steps(iris, prior, elbo: str) -> None:
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
-def _step(bnn, guide, x, y, traced: bool) -> TracedELBO:
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")
+def test_compiled_fit_takes_the_traced_fits_steps(iris, recwarn) -> None:
+    """(Not the eager fit's: LRT's first eager step draws the weights, the traced ones start from
+    the settled estimator, which passes the means, so the random streams differ.)"""
+    traced, compiled = (_fit(iris, psb.priors.Normal(), "lrt", t) for t in (True, "compiled"))
+    assert not [w for w in recwarn if "SVI step" in str(w.message)]
+    np.testing.assert_allclose(compiled.info["history"], traced.info["history"], rtol=1e-4)
+    for a, b in zip(traced.guide.parameters(), compiled.guide.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def _step(bnn, guide, x, y, traced: bool | str) -> TracedELBO:
     params = [*bnn.parameters(), *guide.parameters()]
     return TracedELBO(LocalReparameterizationELBO().differentiable_loss, bnn, guide, params,
                       traced=traced)  # fmt: skip
@@ -68,6 +82,47 @@ def test_lrt_graph_gives_the_eager_loss_and_gradients(iris) -> None:
         assert step.traced == traced and len(step._graphs) == int(traced)
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def _sparse_vd_lrt(iris, traced: bool | str) -> tuple[TracedELBO, list[torch.Tensor]]:
+    """One SparseVD + LRT step on 32 iris rows from seed 5: the step and [loss, *grads]."""
+    x, y = iris[0][:32], iris[1][:32]
+    torch.manual_seed(0)
+    bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.LogUniform(), psb.likelihoods.Categorical())
+    guide = psb.sparse_guides.sparse_vd(bnn)
+    guide(x, y)
+    step = _step(bnn, guide, x, y, traced)
+    step(x, y, observed=4.0, latent=1.0)
+    torch.manual_seed(5)
+    loss = step(x, y, observed=4.0, latent=1.0)
+    return step, [loss, *(p.grad.clone() for p in step.params)]
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")
+def test_compiled_graph_gives_the_eager_loss_and_gradients(iris, recwarn) -> None:
+    """Inductor fuses the graph's arithmetic (reductions may sum in another order), but its
+    random draws are torch's: the same noise, so the same step up to float32 rounding."""
+    _, expected = _sparse_vd_lrt(iris, traced=False)
+    step, got = _sparse_vd_lrt(iris, traced="compiled")
+    assert not [w for w in recwarn if "SVI step" in str(w.message)]
+    (graph,) = step._graphs.values()
+    assert graph is not None and not isinstance(graph, fx.GraphModule)  # the compiled one
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_graph_that_cannot_be_compiled_is_replayed_uncompiled(iris, monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise RuntimeError("no compiler\nmore")
+
+    monkeypatch.setattr(torch, "compile", fail)
+    _, expected = _sparse_vd_lrt(iris, traced=True)
+    with pytest.warns(UserWarning, match=r"compiling .* failed \(RuntimeError: no compiler\)"):
+        step, got = _sparse_vd_lrt(iris, traced="compiled")
+    (graph,) = step._graphs.values()
+    assert isinstance(graph, fx.GraphModule)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
 def test_scales_enter_linearly(iris) -> None:
@@ -157,8 +212,10 @@ def test_graph_that_read_the_data_is_dropped_on_new_data(iris) -> None:
 
 def test_bad_traced_flag_is_rejected(iris) -> None:
     bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
-    with pytest.raises(TypeError, match="traced"):
+    with pytest.raises(ValueError, match="traced must be True, False or 'compiled', got 'yes'"):
         psb.fit(bnn, *iris, method="svi", epochs=1, traced="yes", progress=False)
+    with pytest.raises(TypeError, match="traced must be a bool or 'compiled', got 1"):
+        psb.fit(bnn, *iris, method="svi", epochs=1, traced=1, progress=False)
 
 
 def test_docstring_examples_run() -> None:
