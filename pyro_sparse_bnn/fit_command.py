@@ -244,12 +244,13 @@ def _method_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "kl_warmup": args.kl_warmup,
         "guide": args.guide,
-        "traced": True if args.traced else None,
+        "traced": "compiled" if args.compiled else True if args.traced else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
     for name in given:
         if name not in accepted:
-            flag = "--" + name.replace("_", "-")
+            flag = "--compiled" if name == "traced" and args.compiled else f"--{name}"
+            flag = flag.replace("_", "-")
             raise ValueError(f"{flag} does not apply to --method {method}")
     always = {"seed": args.seed, "progress": not args.quiet}
     return given | {k: v for k, v in always.items() if k in accepted}
@@ -299,6 +300,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     fit.add_argument("--lr", type=_positive_float, help="learning rate (method default)")
     fit.add_argument("--kl-warmup", type=int, metavar="EPOCHS", help="svi KL warm-up epochs")
     fit.add_argument("--traced", action="store_true", help="svi: replay steps from a traced graph")
+    fit.add_argument("--compiled", action="store_true", help="svi: --traced, graph compiled")
     fit.add_argument("--seed", type=int, default=0, help="seed of the split and the fit")
     fit.add_argument("--test-size", type=float, default=0.25, help="test share of a file")
     fit.add_argument("--target", help="CSV target column (name or index; default: last)")
@@ -372,8 +374,9 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if lightning and args.method != "svi":
         raise ValueError(f"--devices/--strategy train with SVI only, not --method {args.method}")
-    if lightning and args.traced:
-        raise ValueError("--traced applies to single-process SVI, not to --devices/--strategy")
+    if lightning and (args.traced or args.compiled):
+        flag = "--compiled" if args.compiled else "--traced"
+        raise ValueError(f"{flag} applies to single-process SVI, not to --devices/--strategy")
     if lightning and args.batch_size is not None:
         world = (args.devices or 1) * args.num_nodes
         if args.batch_size % world:

@@ -126,6 +126,8 @@ def test_idx_images_with_mnist_named_labels(tmp_path, compress):
         (["fit", "iris", "-o", "out", "--method", "sgld", "--epochs", "5"], "does not apply"),
         (["fit", "iris", "-o", "out", "--method", "l1", "--traced"], "--traced does not apply"),
         (["fit", "iris", "-o", "out", "--devices", "2", "--traced"], "single-process SVI"),
+        (["fit", "iris", "-o", "out", "--method", "l1", "--compiled"], "--compiled does not apply"),
+        (["fit", "iris", "-o", "out", "--devices", "2", "--compiled"], "--compiled applies to"),
     ],
 )
 def test_bad_input_is_a_usage_error_with_one_clear_line(argv, message, tmp_path, capsys):
