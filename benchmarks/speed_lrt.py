@@ -16,7 +16,10 @@ Steps, all with Adam on the same network and MNIST-10k minibatches, one torch th
 * ``lrt_eager``: ``lrt`` run through Pyro's handlers every step (``traced=False``);
 * ``naive``: the stock Pyro step, mean-field guide and ``TraceMeanField_ELBO`` run eagerly: one
   weight draw per minibatch, shared by its 100 examples;
-* ``naive_traced``: ``naive`` replayed from its traced graph, the arithmetic of a shared draw.
+* ``naive_traced``: ``naive`` replayed from its traced graph, the arithmetic of a shared draw;
+* ``lrt_matrix_products``: only the 16 matrix products any LRT step of this network needs (per
+  layer the mean and variance pre-activations and their two weight gradients; below the first
+  layer two input gradients), on the same minibatches: a floor for the ``lrt`` steps.
 
 The variants run in interleaved rounds (``ROUNDS`` x ``STEPS`` steps each) so that load from other
 processes hits them alike; the median round gives ms per step. Writes
@@ -86,6 +89,29 @@ def plain_step(x: torch.Tensor, y: torch.Tensor) -> Callable:
     return step
 
 
+def lrt_matrix_products(x: torch.Tensor) -> Callable:
+    torch.manual_seed(0)
+    shapes = [(300, 784), (100, 300), (10, 100)]
+    means, variances = [torch.randn(s) for s in shapes], [torch.rand(s) for s in shapes]
+    batches = x.split(BATCH)
+    state = {"i": 0}
+
+    def step() -> None:
+        i = state["i"] = (state["i"] + 1) % len(batches)
+        inputs, h = [], batches[i]
+        for mean, variance in zip(means, variances, strict=True):
+            inputs.append(h)
+            h = torch.relu(h @ mean.T + (h * h) @ variance.T)  # the draw's arithmetic aside
+        grad = torch.ones_like(h)
+        for layer in reversed(range(len(shapes))):
+            a = inputs[layer]
+            _ = grad.T @ a, grad.T @ (a * a)  # the weight gradients
+            if layer:
+                grad = grad @ means[layer] + (grad @ variances[layer]) * a
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds of 3 steps")
@@ -106,6 +132,7 @@ def main() -> None:
         "lrt_eager": svi_step(normal, "mean_field", lrt, x, y, n, traced=False),
         "naive": svi_step(normal, "mean_field", naive, x, y, n, traced=False),
         "naive_traced": svi_step(normal, "mean_field", naive, x, y, n, traced=True),
+        "lrt_matrix_products": lrt_matrix_products(x),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for step in variants.values():  # warm-up
@@ -136,6 +163,7 @@ def main() -> None:
             "ratio_lrt_traced_over_compiled": ms["lrt"] / ms["lrt_compiled"],
             "ratio_lrt_eager_over_lrt": ms["lrt_eager"] / ms["lrt"],
             "ratio_naive_traced_over_lrt": ms["naive_traced"] / ms["lrt"],
+            "ratio_lrt_matrix_products_over_plain": ms["lrt_matrix_products"] / ms["plain"],
         }
     )
     print_table(rows[:-1], ["variant", "ms_per_step", "ms_per_step_min"])
