@@ -111,6 +111,32 @@ def test_compiled_graph_gives_the_eager_loss_and_gradients(iris, recwarn) -> Non
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")
+def test_compiled_conv_net_draws_the_eager_noise(recwarn) -> None:
+    """Inductor may lay convolution outputs out channels-last; the LRT noise (``randn_like``)
+    must still land where the eager step puts it (it did not before ``layout_optimization``
+    was turned off: the check failed and the step ran uncompiled)."""
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 12, 12), torch.randint(0, 3, (16,))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(36, 3),
+    )  # fmt: skip
+    bnn = psb.SparseBNN(net, psb.priors.LogUniform(), psb.likelihoods.Categorical())
+    guide = psb.sparse_guides.sparse_vd(bnn)
+    guide(x, y)
+    results = []
+    for traced in (False, "compiled"):
+        step = _step(bnn, guide, x, y, traced)
+        step(x, y, observed=1.0, latent=1.0)
+        torch.manual_seed(5)
+        results.append([step(x, y, observed=1.0, latent=1.0), *(p.grad for p in step.params)])
+    assert not [w for w in recwarn if "SVI step" in str(w.message)]
+    assert not isinstance(step._graphs[_key(x, y)], fx.GraphModule)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
 def test_graph_that_cannot_be_compiled_is_replayed_uncompiled(iris, monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise RuntimeError("no compiler\nmore")

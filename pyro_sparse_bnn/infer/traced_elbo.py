@@ -153,8 +153,11 @@ class TracedELBO:
             with torch.no_grad():  # the graph computes its gradients itself
                 return compiled(*args)
 
-        try:  # Inductor draws its own random numbers unless told to call torch's generator
-            options = {"fallback_random": True}
+        # Inductor draws its own random numbers unless told to call torch's generator, and may
+        # lay out a convolution's output channels-last, where ``randn_like`` would then put the
+        # same numbers at other positions than the eager step does.
+        options = {"fallback_random": True, "layout_optimization": False}
+        try:
             compiled = torch.compile(graph, dynamic=False, fullgraph=True, options=options)
             if self._matches(run, x, y, scales):
                 return run
