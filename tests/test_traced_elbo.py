@@ -20,6 +20,11 @@ from pyro_sparse_bnn.infer import traced_elbo
 from pyro_sparse_bnn.infer.traced_elbo import TracedELBO
 from pyro_sparse_bnn.lrt import LocalReparameterizationELBO
 
+# Inductor compiles C++ on CPU: without a compiler the compiled step falls back (tested below).
+needs_compiler = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler"
+)
+
 
 @pytest.fixture(scope="module")
 def iris() -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +55,7 @@ def test_traced_fit_takes_the_eager_fits_steps(iris, prior, elbo: str) -> None:
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")
+@needs_compiler
 def test_compiled_fit_takes_the_traced_fits_steps(iris, recwarn) -> None:
     """(Not the eager fit's: LRT's first eager step draws the weights, the traced ones start from
     the settled estimator, which passes the means, so the random streams differ.)"""
@@ -98,7 +103,7 @@ def _sparse_vd_lrt(iris, traced: bool | str) -> tuple[TracedELBO, list[torch.Ten
     return step, [loss, *(p.grad.clone() for p in step.params)]
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")
+@needs_compiler
 def test_compiled_graph_gives_the_eager_loss_and_gradients(iris, recwarn) -> None:
     """Inductor fuses the graph's arithmetic (reductions may sum in another order), but its
     random draws are torch's: the same noise, so the same step up to float32 rounding."""
@@ -111,7 +116,7 @@ def test_compiled_graph_gives_the_eager_loss_and_gradients(iris, recwarn) -> Non
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")
+@needs_compiler
 def test_compiled_conv_net_draws_the_eager_noise(recwarn) -> None:
     """Inductor may lay convolution outputs out channels-last; the LRT noise (``randn_like``)
     must still land where the eager step puts it (it did not before ``layout_optimization``
