@@ -45,7 +45,6 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from . import distributions
-from .sparsity import keep_masks, signal_to_noise
 from .validation import check_xy
 
 __all__ = [
@@ -492,29 +491,26 @@ def _output_shapes(
     return shapes
 
 
-def prune_result(result: Any, threshold: float, example_input: Tensor | None = None) -> nn.Module:
+def prune_result(
+    result: Any, masks: Mapping[str, Tensor], example_input: Tensor | None = None
+) -> nn.Module:
     """:func:`prune` a :class:`~pyro_sparse_bnn.FitResult` of a ``SparseBNN``.
 
-    Weights are the posterior means of the weight sites, zeroed where the posterior relevance
-    ``|mean| / sd`` is at or below ``threshold`` (as ``result.masks(threshold)``; ``exp(-1.5)`` is
-    SparseVD's ``log_alpha > 3``), from ``result.weight_moments()`` (exact under a SparseVD
-    guide). Non-Bayesian biases are the fitted ones, Bayesian biases their posterior means.
-    A result of L0 gates (``info["network"]`` with ``plain_network()``) is pruned from its
-    deterministic test-time network instead, whatever ``threshold``.
-    ``example_input`` defaults to a training row.
+    Weights are the posterior means of the weight sites (``result.weight_moments()``, exact under
+    a SparseVD guide), zeroed outside ``masks`` (``result.masks(...)``). Non-Bayesian biases are
+    the fitted ones, Bayesian biases their posterior means. A result of L0 gates
+    (``info["network"]`` with ``plain_network()``) is pruned from its deterministic test-time
+    network instead, whatever ``masks``. ``example_input`` defaults to a training row.
     """
     model = result.model
     net = getattr(model, "net", None)
     if not isinstance(net, nn.Module):
         raise TypeError("result.model must be a SparseBNN (a model with a .net network)")
-    threshold = _check_threshold(threshold, "threshold")
     x = result.x[:1] if example_input is None else check_xy(example_input, model=model)[0]
     gated = result.info.get("network")
     if hasattr(gated, "plain_network"):
         return prune(gated.plain_network(), x)
     state = net.state_dict()
     params = {k: v.mean(0) for k, v in result.sample_posterior().items() if k in state}
-    moments = result.weight_moments()
-    params |= {k: mean for k, (mean, _) in moments.items()}
-    masks = keep_masks({k: signal_to_noise(*m) for k, m in moments.items()}, threshold)
-    return prune(masked_network(net, params, masks), x)
+    params |= {k: mean for k, (mean, _) in result.weight_moments().items()}
+    return prune(masked_network(net, params, dict(masks)), x)

@@ -21,11 +21,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "SNR_THRESHOLD", "compression", "keep_masks", "moments", "neuron_masks", "relevance",
-    "signal_to_noise", "weight_masks",
+    "ARD_THRESHOLD", "SNR_THRESHOLD", "compression", "keep_masks", "moments", "neuron_masks",
+    "relevance", "signal_to_noise", "weight_masks",
 ]  # fmt: skip
 
 SNR_THRESHOLD = 1.0
+ARD_THRESHOLD = 1e-4  # learned prior variance 1/psi: scikit-learn ARDRegression prunes psi > 1e4
 
 
 def moments(draws: Tensor) -> tuple[Tensor, Tensor]:

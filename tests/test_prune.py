@@ -147,7 +147,7 @@ def test_l1_baseline_prunes_small_weights():
 
 @pytest.mark.parametrize("guide", ["sparsevd", "mean_field"])
 def test_prune_a_fit_result(guide):
-    """prune_result: posterior-mean weights with low-SNR entries zeroed, made smaller; equal to
+    """prune_result: posterior-mean weights outside the SNR masks zeroed, made smaller; equal to
     the masked mean network on the test split, with fewer parameters. The SparseVD guide gives
     exact moments, other guides Monte Carlo ones from the stored draws."""
     X, y = psb.datasets.load("iris")
@@ -155,7 +155,7 @@ def test_prune_a_fit_result(guide):
     prior = psb.priors.LogUniform() if guide == "sparsevd" else psb.priors.Normal()
     bnn = psb.SparseBNN(psb.mlp([4, 16, 3]), prior, psb.likelihoods.Categorical())
     result = psb.fit(bnn, X, y, guide=guide, epochs=150, lr=0.05, progress=False)
-    small = prune_result(result, threshold=1.0)
+    small = prune_result(result, result.masks(1.0))
     if guide == "sparsevd":
         moments = weight_moments(result.model, result.guide)
         means = {k: m for k, (m, _) in moments.items()}

@@ -101,6 +101,18 @@ def test_masks_and_compression_follow_signal_to_noise():
     assert torch.allclose(masked["mean"], torch.zeros(4, dtype=torch.float64))
 
 
+def test_explicit_keep_masks_zero_exactly_those_weights():
+    """``masked`` as a mapping: the log-likelihood is that of the draws times the given mask,
+    and ``masks(k)`` handed over gives what ``masked=True, threshold=k`` gives."""
+    result, x, y, _, _ = exact_posterior_result(num_draws=50)
+    keep = torch.tensor([[True, False, True]])
+    w = result.samples["weight"].reshape(50, 3) * keep.reshape(3)
+    manual = dist.Normal(w @ x.T, NOISE).log_prob(y)
+    assert torch.allclose(result.pointwise_log_likelihood(x, y, masked={"weight": keep})[0], manual)
+    by_rule = result.evaluate(x, y, masked=True, threshold=5.0)
+    assert result.evaluate(x, y, masked=result.masks(5.0)) == by_rule
+
+
 def test_to_arviz_groups_dims_and_loo(tmp_path):
     result, x, y, _, _ = exact_posterior_result(num_draws=400)
     idata = result.to_arviz()

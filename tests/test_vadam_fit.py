@@ -136,6 +136,19 @@ def test_shared_snr_masks_are_the_mu_over_sigma_rule(
         assert torch.equal(result.masks(k)["w"], mu.abs() > k * sigma)
 
 
+def test_ard_masks_keep_the_weights_whose_prior_variance_survives(
+    ard_fit: tuple[SparseRegression, psb.FitResult],
+) -> None:
+    """``by="ard"``: relevance is the learned prior variance ``1 / psi`` (about ``w^2`` for the
+    relevant features, see above); the irrelevant precisions have passed 1e4 (ARD_THRESHOLD)."""
+    _, result = ard_fit
+    psi = result.info["prior_precision"]["w"]
+    assert torch.equal(result.relevance("ard")["w"], 1 / psi)
+    assert (psi[3:] > 1 / psb.sparsity.ARD_THRESHOLD).all()
+    assert result.masks(by="ard")["w"].nonzero().flatten().tolist() == [0, 1, 2]
+    assert result.compression(by="ard")["n_kept"] == 3
+
+
 def test_ard_sparse_bnn_iris_end_to_end() -> None:
     torch.manual_seed(0)
     X, y = psb.datasets.load("iris", split="train")

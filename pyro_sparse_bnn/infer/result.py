@@ -2,15 +2,16 @@
 
 A :class:`FitResult` holds a Pyro model and posterior draws of its latent sites, shaped
 ``(chain, draw, ...)``. Everything else is computed from those two: predictions average the model's
-observation distribution over draws, masks come from the weights' posterior signal-to-noise, and
-``to_arviz`` packs draws, predictions and pointwise log-likelihoods into ``InferenceData``.
+observation distribution over draws, masks come from the weights' posterior signal-to-noise (or
+their learned ARD precisions), and ``to_arviz`` packs draws, predictions and pointwise
+log-likelihoods into ``InferenceData``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..prune import prune_result
 from ..sites import unwrap
 from ..sparse_guides import SparseVDGuide, weight_moments
 from ..sparsity import (
+    ARD_THRESHOLD,
     SNR_THRESHOLD,
     compression,
     keep_masks,
@@ -44,6 +46,7 @@ __all__ = ["FitResult"]
 FILE_FORMAT = "pyro_sparse_bnn.FitResult"
 FILE_FORMAT_VERSION = 1
 _CHUNK = 50  # posterior draws per vectorised pass through the model
+Masking = bool | Mapping[str, Tensor]  # no masks, ``masks(threshold)``, or the given keep-masks
 
 
 def _observed_node(trace: poutine.Trace, conditioned: dict) -> dict:
@@ -170,37 +173,80 @@ class FitResult:
                 exact[k] = (self.guide.loc(k).detach().clone(), self.guide.scale(k).detach())
         return {k: exact[k] if k in exact else moments(self.samples[k]) for k in self.weight_sites}
 
-    def relevance(self) -> dict[str, Tensor]:
-        """Posterior signal-to-noise ``|mean| / sd`` per weight site (:meth:`weight_moments`)."""
-        return {k: signal_to_noise(*m) for k, m in self.weight_moments().items()}
+    def relevance(self, by: str = "snr") -> dict[str, Tensor]:
+        """Relevance per weight site, high for weights to keep.
 
-    def masks(self, threshold: float = SNR_THRESHOLD) -> dict[str, Tensor]:
-        """Keep-masks per weight site: posterior ``|mean| / sd > threshold`` (see ``sparsity``)."""
-        return keep_masks(self.relevance(), threshold)
+        ``by="snr"``: the posterior signal-to-noise ``|mean| / sd`` (:meth:`weight_moments`).
+        ``by="ard"``: the learned ARD prior variance ``1 / E[psi_j]`` of a
+        ``fit(method="vadam", ard=True)`` result (``info["prior_precision"]``); the precision of
+        a weight the data do not support grows without bound, so its variance goes to zero.
+        """
+        if by == "snr":
+            return {k: signal_to_noise(*m) for k, m in self.weight_moments().items()}
+        if by != "ard":
+            raise ValueError(f"by must be 'snr' or 'ard', got {by!r}")
+        if not self.info.get("ard"):
+            raise ValueError(
+                "by='ard' needs the ARD precisions of fit(method='vadam', ard=True); this "
+                f"result is from method {self.method!r} without them"
+            )
+        return {k: 1.0 / self.info["prior_precision"][k] for k in self.weight_sites}
 
-    def neuron_masks(self, threshold: float = SNR_THRESHOLD) -> dict[str, Tensor]:
+    def masks(self, threshold: float | None = None, by: str = "snr") -> dict[str, Tensor]:
+        """Keep-masks per weight site: :meth:`relevance` ``by`` above ``threshold``.
+
+        The default threshold is ``SNR_THRESHOLD`` (1) for ``"snr"`` and ``ARD_THRESHOLD``
+        (1e-4: precision below 1e4, scikit-learn ``ARDRegression``'s cut) for ``"ard"``.
+        """
+        scores = self.relevance(by)
+        default = ARD_THRESHOLD if by == "ard" else SNR_THRESHOLD
+        return keep_masks(scores, default if threshold is None else threshold)
+
+    def neuron_masks(self, threshold: float | None = None, by: str = "snr") -> dict[str, Tensor]:
         """Per input neuron (channel) of each weight site: kept if any of its weights is kept."""
-        return neuron_masks(self.masks(threshold))
+        return neuron_masks(self.masks(threshold, by))
 
-    def prune(self, threshold: float = SNR_THRESHOLD, example_input: Tensor | None = None) -> Any:
-        """A plain, smaller ``nn.Sequential``: posterior-mean weights with relevance at or below
-        ``threshold`` zeroed and dead neurons/channels removed (``exp(-1.5)`` is SparseVD's
-        ``log_alpha > 3``). Its outputs equal the masked network's."""
-        return prune_result(self, threshold, example_input)
+    def prune(
+        self, threshold: float | None = None, example_input: Tensor | None = None, by: str = "snr"
+    ) -> Any:
+        """A plain, smaller ``nn.Sequential``: posterior-mean weights outside
+        :meth:`masks` ``(threshold, by)`` zeroed and dead neurons/channels removed
+        (``exp(-1.5)`` is SparseVD's ``log_alpha > 3``). Its outputs equal the masked network's."""
+        return prune_result(self, self.masks(threshold, by), example_input)
 
-    def compression(self, threshold: float = SNR_THRESHOLD) -> dict:
+    def compression(self, threshold: float | None = None, by: str = "snr") -> dict:
         """``n_weights``, ``n_kept``, ``compression``, per-layer sparsity and kept neurons."""
-        return compression(self.masks(threshold))
+        return compression(self.masks(threshold, by))
 
-    def _masked_draws(self, masked: bool, threshold: float) -> dict[str, Tensor]:
-        check_bool(masked, "masked")
+    def _keep(self, masked: Masking, threshold: float) -> dict[str, Tensor]:
+        """The keep-masks ``masked`` asks for: none, :meth:`masks` or the given ones."""
+        if not isinstance(masked, Mapping):
+            check_bool(masked, "masked")
+            return self.masks(threshold) if masked else {}
+        unknown = sorted(set(masked) - set(self.weight_sites))
+        if unknown:
+            raise ValueError(f"masked has no weight sites {unknown}; they are {self.weight_sites}")
+        for name, keep in masked.items():
+            shape = self.samples[name].shape[2:]
+            if not isinstance(keep, Tensor) or keep.dtype != torch.bool or keep.shape != shape:
+                raise TypeError(
+                    f"masked[{name!r}] must be a bool tensor of shape {tuple(shape)}, got {keep!r}"
+                )
+        return dict(masked)
+
+    def _masked_draws(self, masked: Masking, threshold: float) -> dict[str, Tensor]:
+        keep = self._keep(masked, threshold)
         draws = self.sample_posterior()
-        for name, keep in (self.masks(threshold) if masked else {}).items():
-            draws[name] = draws[name] * keep
-        return draws
+        return {k: v * keep[k] if k in keep else v for k, v in draws.items()}
 
     def _summaries(
-        self, x: Tensor, y: Tensor | None, *, masked: bool, threshold: float, sample: bool = False
+        self,
+        x: Tensor,
+        y: Tensor | None,
+        *,
+        masked: Masking,
+        threshold: float,
+        sample: bool = False,
     ) -> dict[str, Tensor]:
         """Per draw and row: class ``probs`` or ``mean``/``variance`` of the observation model,
         ``log_lik`` of ``y`` and, with ``sample``, a posterior predictive ``sample``.
@@ -274,13 +320,15 @@ class FitResult:
         return node["fn"], node
 
     def predict(
-        self, x: Tensor, *, masked: bool = False, threshold: float = SNR_THRESHOLD
+        self, x: Tensor, *, masked: Masking = False, threshold: float = SNR_THRESHOLD
     ) -> dict[str, Tensor]:
         """Monte Carlo posterior predictive at ``x``.
 
         Classification returns ``probs`` (mean class probabilities) and ``draw_probs`` (per draw);
         regression returns ``mean`` and ``std`` (total predictive standard deviation). With
-        ``masked=True`` weights with relevance at or below ``threshold`` are set to zero.
+        ``masked=True`` weights with relevance at or below ``threshold`` are set to zero; with
+        ``masked`` a mapping of keep-masks (e.g. ``result.masks(by="ard")``) those masks apply
+        and ``threshold`` is not used. ``evaluate`` and ``pointwise_log_likelihood`` alike.
         """
         x, _ = check_xy(x, model=self.model)
         out = self._summaries(x, None, masked=masked, threshold=threshold)
@@ -290,7 +338,7 @@ class FitResult:
         return {"mean": out["mean"].mean(0), "std": std}
 
     def pointwise_log_likelihood(
-        self, x: Tensor, y: Tensor, *, masked: bool = False, threshold: float = SNR_THRESHOLD
+        self, x: Tensor, y: Tensor, *, masked: Masking = False, threshold: float = SNR_THRESHOLD
     ) -> Tensor:
         """``log p(y_i | x_i, draw)`` for every draw and row: shape ``(chain, draw, n)``."""
         x, y = check_xy(x, y, model=self.model)
@@ -298,7 +346,7 @@ class FitResult:
         return out["log_lik"].reshape(self.num_chains, self.num_draws, -1)
 
     def evaluate(
-        self, x: Tensor, y: Tensor, *, masked: bool = False, threshold: float = SNR_THRESHOLD
+        self, x: Tensor, y: Tensor, *, masked: Masking = False, threshold: float = SNR_THRESHOLD
     ) -> dict[str, float]:
         """Test metrics: accuracy, NLL, Brier, ECE (classification) or RMSE, NLL (regression).
 
