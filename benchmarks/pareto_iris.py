@@ -15,8 +15,10 @@ initialisation, the weight noise and the minibatch order. Methods:
 * ``vadam_ard``: ``fit(method="vadam", ard=True)`` with ARD on every parameter, 20,000 full-batch
   steps (the thesis ran 10k-20k: ARD keeps pruning long after the loss settles), lr 0.01, two
   configurations: the default ``gamma`` variant with VOGN gradients, and the
-  ``thesis`` variant with squared full-batch gradients (as the thesis code); keep
-  ``|mu| > k sigma`` for a sweep of ``k``.
+  ``thesis`` variant with squared full-batch gradients (as the thesis code); each pruned by
+  both of VADAM-ARD's rules: ``|mu| > k sigma`` for a sweep of ``k`` (config suffix ``snr``) and
+  learned prior variance ``1 / psi > t`` for a sweep of ``t`` (suffix ``ard``,
+  ``result.masks(t, by="ard")``).
 * ``horseshoe_svi``: ``fit(method="svi")`` with ``priors.Horseshoe(1.0)`` on every parameter,
   mean-field guide; keep posterior SNR ``> k`` for a sweep of ``k``.
 * ``sparse_vd``: ``priors.LogUniform`` on every parameter with the ``"sparsevd"`` guide (KL
@@ -125,16 +127,19 @@ def run_l1(seed: int, steps: int, data: Data) -> list[dict]:
     return rows
 
 
-def bayesian_sweep(method: str, config: str, seed: int, result: psb.FitResult,
-                   data: Data) -> list[dict]:  # fmt: skip
+def bayesian_sweep(method: str, config: str, seed: int, result: psb.FitResult, data: Data,
+                   by: str = "snr") -> list[dict]:  # fmt: skip
+    """One point per count: keep the ``n`` most relevant parameters (``result.relevance(by)``)
+    and evaluate the posterior predictive of the masked draws."""
     _, _, x_test, y_test = data
     if sorted(result.weight_sites) != sorted(NAMES):
         raise RuntimeError(f"{method}: expected weight sites {NAMES}, got {result.weight_sites}")
-    scores = torch.cat([psb.sparsity.relevance(result.samples[k]).flatten() for k in NAMES])
+    relevance = result.relevance(by)
     rows = []
-    for k in thresholds(scores):
-        accuracy = result.evaluate(x_test, y_test, masked=True, threshold=k)["accuracy"]
-        rows.append(_row(method, config, seed, result.masks(k), 1.0 - accuracy, k))
+    for k in thresholds(torch.cat([relevance[name].flatten() for name in NAMES])):
+        masks = result.masks(k, by)
+        accuracy = result.evaluate(x_test, y_test, masked=masks)["accuracy"]
+        rows.append(_row(method, config, seed, masks, 1.0 - accuracy, k))
     return rows
 
 
@@ -151,7 +156,8 @@ def run_vadam_ard(seed: int, epochs: int, data: Data) -> list[dict]:
             epochs=epochs, lr=0.01, seed=seed, num_posterior_samples=DRAWS, progress=False,
         )  # fmt: skip
         config = f"{variant},{'vogn' if per_example else 'mean_grads'},lr=0.01"
-        rows += bayesian_sweep("vadam_ard", config, seed, result, data)
+        for by in ("snr", "ard"):
+            rows += bayesian_sweep("vadam_ard", f"{config},{by}", seed, result, data, by)
     return rows
 
 
