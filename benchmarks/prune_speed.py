@@ -4,12 +4,12 @@
 
 Loads the physically pruned networks that benchmarks/compress_mnist.py saved
 (results/compress_mnist_lenet300.pt: one plain ``nn.Sequential`` per method, from
-``prune.prune``). Without that file (or with ``--quick``) it prunes a dense network to the
-published L0-sep architecture 266-88-33 with random weights instead (the time depends only on the
-shapes). For each network: multiply-accumulates per example (``MACs``, Linear layers), forward
-time at batch 1000 on MNIST-10k rows (median over interleaved repeats, one thread, no grad),
-``speedup = t_dense / t_pruned``, ``flop_reduction = MACs_dense / MACs_pruned`` and their ratio
-(goal >= 0.7). Writes benchmarks/results/prune_speed.json.
+``prune.prune``; skipped with ``--quick`` or without that file), and always the dense network
+pruned to the published L0-sep architecture 266-88-33 (Louizos et al.; random weights: the time
+depends only on the shapes). For each network: multiply-accumulates per example (``MACs``,
+Linear layers), forward time at batch 1000 on MNIST-10k rows (median over interleaved repeats,
+one thread, no grad), ``speedup = t_dense / t_pruned``, ``flop_reduction = MACs_dense /
+MACs_pruned`` and their ratio (goal >= 0.7). Writes benchmarks/results/prune_speed.json.
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ def main() -> None:
     repeats = 20 if args.quick else REPEATS
     torch.manual_seed(0)
     dense = psb.mlp([784, 300, 100, 10]).eval()
+    networks = {"dense": dense}
+    source = "random weights pruned to 266-88-33"
     if SAVED.exists() and not args.quick:
-        networks = torch.load(SAVED, weights_only=False)
-        source = str(SAVED.relative_to(RESULTS.parent))
-    else:
-        networks = {"published_l0_sep_shapes": published_architecture(dense)}
-        source = "random weights pruned to 266-88-33"
-    networks = {"dense": dense, **{k: v.eval() for k, v in networks.items()}}
+        networks |= torch.load(SAVED, weights_only=False)
+        source = f"{SAVED.relative_to(RESULTS.parent)}; {source}"
+    networks["published_l0_sep_shapes"] = published_architecture(dense)
+    networks = {k: v.eval() for k, v in networks.items()}
     x = psb.datasets.load_mnist(MNIST, split="test")[0][:BATCH]
     times: dict[str, list[float]] = {k: [] for k in networks}
     with torch.no_grad():
