@@ -1,6 +1,6 @@
 """Pareto fronts of test error against kept parameters on IRIS 4-8(ReLU)-3 (67 parameters).
 
-    python benchmarks/pareto_iris.py [--quick] [--seeds 5]
+    python benchmarks/pareto_iris.py [--quick] [--seeds 5] [--jobs 2]
 
 Every one of the 67 parameters counts and can be pruned: 32 + 24 weights *and* the 8 + 3 biases
 (the thesis counts 67). The Bayesian methods therefore put their prior on the biases too
@@ -13,9 +13,11 @@ initialisation, the weight noise and the minibatch order. Methods:
   largest ``|theta|``, no retraining); the deterministic network predicts. (10,000 steps give
   the same front from 6 kept on and a worse one below.)
 * ``vadam_ard``: ``fit(method="vadam", ard=True)`` with ARD on every parameter, 20,000 full-batch
-  steps (the thesis ran 10k-20k: ARD keeps pruning long after the loss settles), lr 0.01, two
-  configurations: the default ``gamma`` variant with VOGN gradients, and the
-  ``thesis`` variant with squared full-batch gradients (as the thesis code); each pruned by
+  steps (the thesis ran 10k-20k: ARD keeps pruning long after the loss settles), three
+  configurations (``VADAM_CONFIGS``): the default ``gamma`` variant with VOGN gradients and lr
+  0.01 at ``kl_weight`` 1 (the Bayesian posterior) and 2 (a tempered one: VADAM-ARD's
+  counterpart of a larger L1 ``lambda``, see docs/vadam.md), and the ``thesis`` variant with
+  squared full-batch gradients (as the thesis code) at the thesis' lower lr 0.001; each pruned by
   both of VADAM-ARD's rules: ``|mu| > k sigma`` for a sweep of ``k`` (config suffix ``snr``) and
   learned prior variance ``1 / psi > t`` for a sweep of ``t`` (suffix ``ard``,
   ``result.masks(t, by="ard")``).
@@ -32,13 +34,17 @@ output (no kept outgoing weight), whose parameters cannot change a prediction. A
 for one seed is ``front(n) = min test error over its configurations and over n' <= n``; the mean
 front averages the per-seed fronts. Writes benchmarks/results/pareto_iris.json (rows: kind =
 "point" with method, config, seed, n_kept, n_effective, test_error, threshold; kind = "front" with
-method, count ("n_kept" or "n_effective"), n, test_error, the mean front, seed = "mean") and
-benchmarks/results/pareto_iris.png (the mean fronts over n_kept).
+method, count ("n_kept" or "n_effective"), n, test_error, the mean front, seed = "mean"; kind =
+"network_front": the same for each VADAM-ARD network alone, with its config) and
+benchmarks/results/pareto_iris.png (the mean fronts over n_kept). ``--jobs`` runs the (method,
+seed) tasks in that many one-thread worker processes; every task seeds itself, so the rows do not
+depend on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 from collections.abc import Callable
 
@@ -61,6 +67,12 @@ N_PARAMS = 67
 NAMES = ["0.weight", "0.bias", "2.weight", "2.bias"]
 COUNTS = [*range(1, 21), 22, 25, 30, 35, 40, 50, 60, 67]
 L1_LAMBDAS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+# VADAM-ARD: (variant, per-example gradients, lr, kl_weight)
+VADAM_CONFIGS = [
+    ("gamma", True, 0.01, 1.0),
+    ("gamma", True, 0.01, 2.0),
+    ("thesis", False, 0.001, 1.0),
+]
 DRAWS = 32
 Data = tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -146,16 +158,18 @@ def bayesian_sweep(method: str, config: str, seed: int, result: psb.FitResult, d
 def run_vadam_ard(seed: int, epochs: int, data: Data) -> list[dict]:
     x, y = data[:2]
     rows = []
-    for variant, per_example in (("gamma", True), ("thesis", False)):
+    for variant, per_example, lr, kl_weight in VADAM_CONFIGS:
         bnn = psb.SparseBNN(
             network(seed), psb.priors.ARD(), psb.likelihoods.Categorical(),
             bias_prior=psb.priors.ARD(),
         )  # fmt: skip
         result = psb.fit(
             bnn, x, y, method="vadam", ard=True, variant=variant, per_example_grads=per_example,
-            epochs=epochs, lr=0.01, seed=seed, num_posterior_samples=DRAWS, progress=False,
+            kl_weight=kl_weight, epochs=epochs, lr=lr, seed=seed, num_posterior_samples=DRAWS,
+            progress=False,
         )  # fmt: skip
-        config = f"{variant},{'vogn' if per_example else 'mean_grads'},lr=0.01"
+        grads = "vogn" if per_example else "mean_grads"
+        config = f"{variant},{grads},lr={lr:g},kl_weight={kl_weight:g}"
         for by in ("snr", "ard"):
             rows += bayesian_sweep("vadam_ard", f"{config},{by}", seed, result, data, by)
     return rows
@@ -222,6 +236,16 @@ def plot(mean: dict[str, dict[int, float]], per_seed: pd.DataFrame) -> None:
     plt.close(fig)
 
 
+def network_fronts(points: list[dict]) -> dict[str, dict[int, float]]:
+    """VADAM-ARD's mean front over ``n_kept`` for each trained network alone (both rules)."""
+    alone = [
+        {**row, "method": row["config"].rsplit(",", 1)[0]}
+        for row in points
+        if row["method"] == "vadam_ard"
+    ]
+    return fronts(alone, "n_kept")[0]
+
+
 def compare(mean: dict[str, dict[int, float]], per_seed: pd.DataFrame, count: str) -> dict:
     vadam, l1 = mean["vadam_ard"], mean["l1"]
     worse = [n for n in COUNTS if vadam[n] > l1[n] + 1e-9]
@@ -242,34 +266,48 @@ def compare(mean: dict[str, dict[int, float]], per_seed: pd.DataFrame, count: st
     return summary
 
 
+def runners() -> dict[str, Callable[[int, int, Data], list[dict]]]:
+    """The methods to run, in table order (SparseVD only if the guide registry has it)."""
+    found = {"l1": run_l1, "vadam_ard": run_vadam_ard, "horseshoe_svi": run_horseshoe}
+    if "sparsevd" in psb.guides.GUIDES:
+        found["sparse_vd"] = run_sparse_vd
+    return found
+
+
+def run_task(task: tuple[str, int, int]) -> tuple[str, int, list[dict], float]:
+    """One method on one seed, on one thread (a worker process of the pool)."""
+    method, seed, epochs = task
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    rows = runners()[method](seed, epochs, load())
+    return method, seed, rows, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2 seeds, shorter training")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (one thread each)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be at least 1")
     seeds = range(2 if args.quick else args.seeds)
     budget = {"l1": 1000, "vadam_ard": 800, "horseshoe_svi": 300, "sparse_vd": 300}
     if not args.quick:
         budget = {"l1": 3000, "vadam_ard": 20000, "horseshoe_svi": 800, "sparse_vd": 800}
-    runners: dict[str, Callable[..., list[dict]]] = {
-        "l1": run_l1,
-        "vadam_ard": run_vadam_ard,
-        "horseshoe_svi": run_horseshoe,
-    }
-    pending = []
-    if "sparsevd" in psb.guides.GUIDES:
-        runners["sparse_vd"] = run_sparse_vd
-    else:
-        pending.append("sparse_vd (no 'sparsevd' guide in psb.guides.GUIDES)")
-    data = load()
-    points, seconds = [], {}
-    for method, run in runners.items():
-        start = time.perf_counter()
-        for seed in seeds:
-            points += run(seed, budget[method], data)
-        seconds[method] = time.perf_counter() - start
-        print(f"{method}: {seconds[method]:.0f} s for {len(seeds)} seeds", flush=True)
+    methods = list(runners())
+    pending = [] if "sparse_vd" in methods else ["sparse_vd (no 'sparsevd' guide)"]
+    # the longest tasks (VADAM-ARD) first, so that the pool's workers finish together
+    tasks = sorted(((m, s, budget[m]) for m in methods for s in seeds),
+                   key=lambda t: t[0] != "vadam_ard")  # fmt: skip
+    done: dict[tuple[str, int], list[dict]] = {}
+    seconds = dict.fromkeys(methods, 0.0)
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        for method, seed, rows, secs in pool.imap_unordered(run_task, tasks):
+            done[method, seed] = rows
+            seconds[method] += secs
+            print(f"{method}, seed {seed}: {secs:.0f} s", flush=True)
+    points = [row for m in methods for s in seeds for row in done[m, s]]
     summaries, front_rows = [], []
     for count in ("n_kept", "n_effective"):
         mean, per_seed = fronts(points, count)
@@ -283,6 +321,15 @@ def main() -> None:
         ]  # fmt: skip
         if count == "n_kept":
             plot(mean, per_seed)
+    alone = network_fronts(points)
+    print("\nVADAM-ARD's mean front over n_kept, each trained network alone:")
+    print_table([{"n": n, **{c: alone[c][n] for c in alone}} for n in COUNTS if n <= 12],
+                ["n", *alone])  # fmt: skip
+    front_rows += [
+        {"kind": "network_front", "method": "vadam_ard", "config": c, "count": "n_kept",
+         "seed": "mean", "n": n, "test_error": e}
+        for c, f in alone.items() for n, e in f.items()
+    ]  # fmt: skip
     if pending:
         print("pending:", *pending)
     path = write_results(
@@ -292,7 +339,8 @@ def main() -> None:
         data_split="datasets.load('iris', split='train'|'test', seed=0): 112 train / 38 test",
         network="4-8(ReLU)-3, 67 parameters; biases counted and prunable",
         budget_epochs=budget,
-        seconds=seconds,
+        jobs=args.jobs,
+        seconds_per_method=seconds,
         pending=pending,
         summary=summaries,
     )

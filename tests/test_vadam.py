@@ -290,7 +290,7 @@ BAD_ARGUMENTS: list[tuple[Callable[..., Vadam], dict, str]] = [
     (Vadam, {"lr": -1e-3}, "lr"),
     (Vadam, {"num_data": 0}, "num_data"),
     (Vadam, {"num_data": -5}, "num_data"),
-    (Vadam, {"num_data": 10.0}, "num_data"),
+    (Vadam, {"num_data": float("inf")}, "num_data"),
     (Vadam, {"num_data": True}, "num_data"),
     (Vadam, {"num_samples": 0}, "num_samples"),
     (Vadam, {"num_samples": 1.5}, "num_samples"),

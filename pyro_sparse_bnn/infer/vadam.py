@@ -150,7 +150,8 @@ class Vadam(torch.optim.Optimizer):
     Args:
         params: tensors or parameter groups; ``lr``, ``betas``, ``prior_precision``,
             ``prec_init`` and ``eps`` may be set per group.
-        num_data: ``N``, the number of training examples (scales the data term).
+        num_data: ``N``, the number of training examples (scales the data term); ``N / beta``
+            tempers the likelihood (``beta`` times the KL term, as ``fit(kl_weight=beta)``).
         lr: step size.
         betas: decay rates of the first and second moments, each in ``[0, 1)``.
         prior_precision: ``lam``, the precision of the zero-mean Gaussian prior on each weight.
@@ -186,7 +187,7 @@ class Vadam(torch.optim.Optimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         *,
-        num_data: int,
+        num_data: float,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         prior_precision: float = 1.0,
@@ -196,7 +197,7 @@ class Vadam(torch.optim.Optimizer):
         per_example_grads: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        _check_positive_int(num_data, "num_data")
+        _check_positive(num_data, "num_data")
         _check_positive_int(num_samples, "num_samples")
         self.num_data = num_data
         self.num_samples = num_samples
@@ -464,7 +465,7 @@ class VOGN(Vadam):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         *,
-        num_data: int,
+        num_data: float,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         prior_precision: float = 1.0,
@@ -541,7 +542,7 @@ class VadamARD(Vadam):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         *,
-        num_data: int,
+        num_data: float,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         prior_precision: float = 1.0,

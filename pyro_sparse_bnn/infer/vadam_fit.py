@@ -224,7 +224,7 @@ class _NLL:
             name: biject_to(self.priors[name].support)(u) for name, u in self.unconstrained.items()
         }
 
-    def penalty(self, num_data: int) -> Tensor | float:
+    def penalty(self, num_data: float) -> Tensor | float:
         """``-log prior / N`` of the point-estimated latent sites."""
         return sum(
             (-self.priors[name].log_prob(v).sum() / num_data for name, v in self.points().items()),
@@ -289,6 +289,7 @@ def fit_vadam(
     per_example_grads: bool | None = None,
     a0: float = 0.0,
     b0: float = 0.0,
+    kl_weight: float = 1.0,
     num_posterior_samples: int = 200,
     seed: int = 0,
     progress: bool = True,
@@ -318,6 +319,11 @@ def fit_vadam(
             wide posteriors for larger batches). ``None``: VOGN unless ``batch_size == 1``.
         a0, b0: Gamma shape and rate of each ARD precision (0, 0: the ARD limit). These are
             VADAM-ARD's own, not read from the model.
+        kl_weight: ``beta`` of the tempered objective ``E_q[NLL] + beta KL(q || prior)``: the
+            optimiser runs with ``N / beta`` examples, so the posterior precision is
+            ``N s / beta + lambda``. Above 1 the prior weighs more (sparser networks: the role
+            of L1's ``lambda``, whose objective ``mean NLL + lambda |theta|`` matches
+            ``mean NLL + (beta / N) KL``); 1 is the Bayesian posterior.
         num_posterior_samples: draws per weight stored in the result (at least 2).
         seed: seeds the initial prior draw, the weight noise, the data order and the draws.
         progress: show a tqdm bar; ``callback(epoch, loss)`` after each epoch may return ``True``
@@ -358,6 +364,7 @@ def fit_vadam(
     _check_bool(per_example_grads, "per_example_grads")
     _check_nonnegative(a0, "a0")
     _check_nonnegative(b0, "b0")
+    check_positive(kl_weight, "kl_weight")
     if not ard:
         ard_only = {"variant": variant != "gamma", "a0": a0 != 0.0, "b0": b0 != 0.0}
         if any(ard_only.values()):
@@ -384,8 +391,9 @@ def fit_vadam(
         lam = default if prior_precision is None else float(prior_precision)
         groups.append({"params": [weights[name]], "prior_precision": lam})
     generator = torch.Generator(device=x.device).manual_seed(seed)
+    tempered_n = n / kl_weight
     common = {
-        "num_data": n,
+        "num_data": tempered_n,
         "lr": lr,
         "betas": tuple(betas),
         "num_samples": num_samples,
@@ -402,7 +410,7 @@ def fit_vadam(
 
     def closure(xb: Tensor, yb: Tensor) -> Tensor:
         loss = nll(weights, xb, yb).mean()
-        (loss + nll.penalty(n)).backward()
+        (loss + nll.penalty(tempered_n)).backward()
         return loss
 
     def per_example(params: tuple[Tensor, ...], xi: Tensor, yi: Tensor) -> Tensor:
@@ -422,7 +430,7 @@ def fit_vadam(
                 loss = _vmapped_step(opt, per_example, (xb, yb))
                 if point_opt is not None:
                     with opt.sampled_params(), torch.enable_grad():
-                        objective = nll(weights, xb, yb).mean() + nll.penalty(n)
+                        objective = nll(weights, xb, yb).mean() + nll.penalty(tempered_n)
                         grads = torch.autograd.grad(objective, point_params, allow_unused=True)
                     for p, g in zip(point_params, grads, strict=True):
                         p.grad = g
@@ -470,6 +478,7 @@ def fit_vadam(
         "ard": ard,
         "variant": variant if ard else None,
         "per_example_grads": per_example_grads,
+        "kl_weight": kl_weight,
         "history": history,
         "seconds": seconds,
         "epochs_run": len(history),
