@@ -19,7 +19,8 @@ way for any Pyro model whose weights enter ``F.linear``, ``F.conv1d/2d/3d`` or `
   variance, so the same holds for non-centred weights given their scales;
 * the KL of a site consumed this way is computed analytically (the registered SparseVD, ARD or
   Normal KL, scaled like the site); every other site keeps the usual Monte Carlo term
-  ``log p - log q``, or its analytic KL where one is registered (as ``TraceMeanField_ELBO``).
+  ``log p - log q``, or its analytic KL where one is known (as
+  :class:`~pyro_sparse_bnn.elbo.MeanFieldELBO`).
 
 Once a site has been seen to be used *only* through such ops (and has an analytic KL), later
 calls skip its weight draw and pass the posterior mean instead; a later call that uses it any
@@ -48,14 +49,12 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from torch.distributions import kl_divergence
 from torch.overrides import TorchFunctionMode
 
+from .elbo import AUX_SUFFIX, Q_KEY, MeanFieldELBO, mean_field_elbo
 from .sites import unwrap
 
 __all__ = ["LRT_EPS", "LocalReparameterization", "LocalReparameterizationELBO", "lrt_predict"]
@@ -80,9 +79,6 @@ _RESHAPE = {
     "contiguous",
 }
 _TRANSPOSE_PROPERTIES = (torch.Tensor.T.__get__, torch.Tensor.mT.__get__)
-_AUX_SUFFIX = "_unconstrained"
-_Q_KEY = "_lrt_posterior"
-"""``infer`` key of an AutoNormal site whose weight posterior is its auxiliary Normal."""
 
 
 def _is_normal(fn: Any) -> bool:
@@ -127,7 +123,7 @@ class LocalReparameterization(Messenger):
 
     # ---- guide side -------------------------------------------------------------------------
     def _pyro_sample(self, msg: dict) -> None:
-        name = msg["name"].removesuffix(_AUX_SUFFIX)
+        name = msg["name"].removesuffix(AUX_SUFFIX)
         if name in self.use_mean and msg["value"] is None and _is_normal(msg["fn"]):
             msg["value"] = unwrap(msg["fn"]).loc.expand(msg["fn"].shape())
 
@@ -135,8 +131,8 @@ class LocalReparameterization(Messenger):
         if msg["is_observed"] or site_is_subsample(msg):
             return
         name, fn, value = msg["name"], msg["fn"], msg["value"]
-        if msg["infer"].get("is_auxiliary") and name.endswith(_AUX_SUFFIX) and _is_normal(fn):
-            self._aux[name.removesuffix(_AUX_SUFFIX)] = (value, fn)
+        if msg["infer"].get("is_auxiliary") and name.endswith(AUX_SUFFIX) and _is_normal(fn):
+            self._aux[name.removesuffix(AUX_SUFFIX)] = (value, fn)
             return
         if _is_normal(fn):
             self._record(value, fn, name)
@@ -144,7 +140,7 @@ class LocalReparameterization(Messenger):
             aux_value, aux_fn = self._aux[name]
             if unwrap(fn).v is aux_value:  # identity transform: the Delta is the Normal draw
                 self._record(value, aux_fn, name)
-                msg["infer"][_Q_KEY] = aux_fn
+                msg["infer"][Q_KEY] = aux_fn
 
     def _record(self, value: Tensor, fn: dist.TorchDistribution, name: str) -> None:
         base = unwrap(fn)
@@ -263,23 +259,19 @@ def _lrt_layer(
     return mean + torch.sqrt(var + LRT_EPS) * torch.randn_like(mean)
 
 
-class LocalReparameterizationELBO(ELBO):
+class LocalReparameterizationELBO(MeanFieldELBO):
     """Negative ELBO with the data term estimated by local reparameterisation (see module doc).
 
     Use it like any Pyro ELBO: ``differentiable_loss`` with a torch optimiser (the toolkit's
     PyroModules keep their parameters locally), or ``loss_and_grads`` inside ``pyro.infer.SVI``
     for param-store guides. Guide sites must be Normal (or ``AutoNormal``) for LRT to apply;
-    other sites are handled as in ``TraceMeanField_ELBO``.
+    other sites are handled as in :class:`~pyro_sparse_bnn.elbo.MeanFieldELBO`.
 
     Args:
         num_particles: independent estimates averaged per call.
     """
 
     def __init__(self, num_particles: int = 1) -> None:
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int):
-            raise TypeError(f"num_particles must be an int, got {num_particles!r}")
-        if num_particles < 1:
-            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
         super().__init__(num_particles=num_particles)
         self._use_mean: set[str] = set()
 
@@ -296,7 +288,7 @@ class LocalReparameterizationELBO(ELBO):
         model_trace = poutine.util.prune_subsample_sites(model_trace)
         return model_trace, guide_trace, lrt
 
-    def _get_trace(
+    def _traces(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict
     ) -> tuple[poutine.Trace, poutine.Trace]:
         """Model and guide traces of one particle, the model run with LRT."""
@@ -310,72 +302,13 @@ class LocalReparameterizationELBO(ELBO):
         KL is not analytic) leaves the mean set and the particle is redrawn.
         """
         model_trace, guide_trace, lrt = self._run(model, guide, args, kwargs)
-        elbo, analytic = _elbo(model_trace, guide_trace)
+        elbo, analytic = mean_field_elbo(model_trace, guide_trace)
         eligible = lrt.only_lrt & analytic
         if lrt.use_mean - eligible:
             self._use_mean &= eligible
             return self._particle(model, guide, args, kwargs)
         self._use_mean |= eligible
         return -elbo
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
-        """Differentiable negative ELBO (a scalar tensor), averaged over ``num_particles``."""
-        total = sum(self._particle(model, guide, args, kwargs) for _ in range(self.num_particles))
-        return total / self.num_particles
-
-    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        """Negative ELBO estimate as a float."""
-        with torch.no_grad():
-            return float(self.differentiable_loss(model, guide, *args, **kwargs))
-
-    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
-        """Negative ELBO estimate; gradients are accumulated into the parameters."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()
-
-
-def _analytic_kl(guide_site: dict, model_site: dict) -> Tensor | None:
-    """Scaled analytic ``KL(q || p)`` of a latent site, or ``None`` if none is registered."""
-    q = guide_site["infer"].get(_Q_KEY, guide_site["fn"])
-    try:
-        kl = kl_divergence(q, model_site["fn"])
-    except NotImplementedError:
-        return None
-    return scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
-
-
-def _log_prob_sum(site: dict) -> Tensor:
-    return scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]).sum()
-
-
-def _elbo(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> tuple[Tensor, set[str]]:
-    """ELBO of one particle: observed log-likelihood, minus analytic KLs where registered, plus
-    ``log p - log q`` Monte Carlo terms elsewhere (as ``TraceMeanField_ELBO``); and the latent
-    sites whose KL was analytic."""
-    elbo: Tensor | float = 0.0
-    covered: set[str] = set()
-    analytic: set[str] = set()
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
-            continue
-        if site["is_observed"]:
-            elbo = elbo + _log_prob_sum(site)
-            continue
-        guide_site = guide_trace.nodes[name]
-        kl = _analytic_kl(guide_site, site)
-        if kl is None:
-            elbo = elbo + _log_prob_sum(site) - _log_prob_sum(guide_site)
-        else:
-            elbo = elbo - kl
-            analytic.add(name)
-            if _Q_KEY in guide_site["infer"]:
-                covered.add(name + _AUX_SUFFIX)
-    for name, site in guide_trace.nodes.items():
-        if site["type"] == "sample" and name not in model_trace.nodes and name not in covered:
-            elbo = elbo - _log_prob_sum(site)
-    return torch.as_tensor(elbo), analytic
 
 
 @torch.no_grad()

@@ -491,6 +491,17 @@ def _output_shapes(
     return shapes
 
 
+def _posterior_network(result: Any) -> tuple[nn.Module, dict[str, Tensor], Tensor]:
+    """A ``SparseBNN`` result's network, its posterior-mean parameters and one training row."""
+    net = getattr(result.model, "net", None)
+    if not isinstance(net, nn.Module):
+        raise TypeError("result.model must be a SparseBNN (a model with a .net network)")
+    state = net.state_dict()
+    params = {k: v.mean(0) for k, v in result.sample_posterior().items() if k in state}
+    params |= {k: mean for k, (mean, _) in result.weight_moments().items()}
+    return net, params, result.x[:1]
+
+
 def prune_result(
     result: Any, masks: Mapping[str, Tensor], example_input: Tensor | None = None
 ) -> nn.Module:
@@ -502,15 +513,39 @@ def prune_result(
     (``info["network"]`` with ``plain_network()``) is pruned from its deterministic test-time
     network instead, whatever ``masks``. ``example_input`` defaults to a training row.
     """
-    model = result.model
-    net = getattr(model, "net", None)
-    if not isinstance(net, nn.Module):
-        raise TypeError("result.model must be a SparseBNN (a model with a .net network)")
-    x = result.x[:1] if example_input is None else check_xy(example_input, model=model)[0]
+    net, params, x = _posterior_network(result)
+    if example_input is not None:
+        x = check_xy(example_input, model=result.model)[0]
     gated = result.info.get("network")
     if hasattr(gated, "plain_network"):
         return prune(gated.plain_network(), x)
-    state = net.state_dict()
-    params = {k: v.mean(0) for k, v in result.sample_posterior().items() if k in state}
-    params |= {k: mean for k, (mean, _) in result.weight_moments().items()}
     return prune(masked_network(net, params, dict(masks)), x)
+
+
+def live_masks(result: Any, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``masks`` less the kept weights that :func:`prune_result` removes: those on no path from
+    an input to an output (or folded into a bias). A Bayesian bias stays kept while its unit has
+    a live incoming weight (always, in the output layer).
+
+    Each kept weight is numbered in a float64 copy of the network, the copy is pruned, and the
+    numbers that survive name the live weights.
+    """
+    net, params, x = _posterior_network(result)
+    numbers, start = {}, 1
+    for name, mask in masks.items():
+        if name.endswith("weight"):
+            count = torch.arange(start, start + mask.numel(), dtype=torch.float64, device=x.device)
+            numbers[name] = count.reshape(mask.shape) * mask
+            start += mask.numel()
+    numbered = masked_network(copy.deepcopy(net).double(), params | numbers)
+    layers = [m for m in _flatten(prune(numbered, x.double())) if isinstance(m, _LAYERS)]
+    found = torch.cat([m.weight.reshape(-1) for m in layers])
+    found = found[found != 0]
+    out = {name: torch.isin(n, found) & masks[name] for name, n in numbers.items()}
+    output_layer = result.model.layer_names[-1]
+    for name in set(masks) - set(numbers):
+        layer = name.rpartition(".")[0]
+        incoming = out[f"{layer}.weight" if layer else "weight"]
+        alive = incoming.reshape(incoming.shape[0], -1).any(1)
+        out[name] = masks[name] if layer == output_layer else masks[name] & alive
+    return {name: out[name] for name in masks}

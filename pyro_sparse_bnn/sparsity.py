@@ -1,11 +1,15 @@
 """Relevance scores, pruning masks and compression statistics from posterior draws.
 
 The relevance of a weight is its posterior signal-to-noise ratio ``|E[w]| / sd[w]``, estimated from
-draws of any inference method. A weight is kept when its relevance exceeds a threshold (default
-:data:`SNR_THRESHOLD`: the posterior mean lies at least one posterior standard deviation away
-from zero). For a Gaussian posterior this is the rule of sparse variational dropout
-(``log_alpha = log(sd^2 / mean^2) < 0``; SparseVD's own pruning point ``log_alpha > 3`` is
-``threshold = exp(-1.5) ≈ 0.22``) and of VADAM-ARD's ``|mu| > k sigma`` with ``k = 1``.
+draws of any inference method. Two rules turn relevance into keep-masks:
+
+* a fixed threshold (:func:`keep_masks`): kept when the relevance exceeds it. ``SNR_THRESHOLD``
+  (1: the posterior mean at least one sd away from zero) is, for a Gaussian posterior, sparse
+  variational dropout's ``log_alpha < 0`` (its own pruning point ``log_alpha > 3`` is
+  ``threshold = exp(-1.5) ≈ 0.22``) and VADAM-ARD's ``|mu| > k sigma`` with ``k = 1``;
+* a predictive budget (:func:`budget_masks`, the default of ``FitResult.masks``): the fewest
+  most-relevant weights whose masked posterior predictive stays within a stated loss of the full
+  one. A fixed threshold can cut a weight the predictions need; the budget cannot.
 
 >>> import torch
 >>> draws = {"w": torch.tensor([[[3.0, 0.1]], [[5.0, -0.1]]])}  # (chain, draw, 2)
@@ -15,14 +19,14 @@ from zero). For a Gaussian posterior this is the rule of sparse variational drop
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "ARD_THRESHOLD", "SNR_THRESHOLD", "compression", "keep_masks", "moments", "neuron_masks",
-    "relevance", "signal_to_noise", "weight_masks",
+    "ARD_THRESHOLD", "SNR_THRESHOLD", "budget_masks", "compression", "keep_masks", "moments",
+    "neuron_masks", "relevance", "signal_to_noise", "top_masks", "weight_masks",
 ]  # fmt: skip
 
 SNR_THRESHOLD = 1.0
@@ -65,6 +69,62 @@ def keep_masks(scores: Mapping[str, Tensor], threshold: float = SNR_THRESHOLD) -
     if not threshold >= 0:
         raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
     return {name: score > threshold for name, score in scores.items()}
+
+
+def top_masks(scores: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
+    """Keep-masks of the ``k`` highest ``scores`` over all sites together (ties: first listed).
+
+    >>> top_masks({"a": torch.tensor([3.0, 1.0]), "b": torch.tensor([2.0])}, 2)["b"].tolist()
+    [True]
+    """
+    flat = torch.cat([s.reshape(-1).double().cpu() for s in scores.values()])
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[torch.argsort(flat, descending=True, stable=True)[:k]] = True
+    out, start = {}, 0
+    for name, s in scores.items():
+        out[name] = keep[start : start + s.numel()].reshape(s.shape).to(s.device)
+        start += s.numel()
+    return out
+
+
+def budget_masks(
+    scores: Mapping[str, Tensor],
+    evaluate: Callable[[dict[str, Tensor] | None], Mapping[str, float]],
+    *,
+    max_nll_increase: float = 0.02,
+    max_accuracy_drop: float = 0.01,
+) -> dict[str, Tensor]:
+    """The sparsest keep-masks, in the order of ``scores``, whose predictions stay within budget.
+
+    ``evaluate(masks)`` returns the metrics of the masked posterior predictive (``nll`` and, for
+    a classifier, ``accuracy``); ``evaluate(None)`` those of the full posterior. The masks keep
+    the ``k`` most relevant weights for the smallest ``k`` found by bisection whose NLL exceeds
+    the full posterior's by at most ``max_nll_increase`` and whose accuracy is at most
+    ``max_accuracy_drop`` below it. Every ``k`` returned was evaluated and met the budget (all
+    weights, at worst). About ``log2(n_weights) + 2`` evaluations.
+
+    >>> scores = {"w": torch.tensor([5.0, 0.1, 2.0])}
+    >>> needed = lambda m: {"nll": 0.0 if m is None or m["w"][[0, 2]].all() else 1.0}
+    >>> budget_masks(scores, needed)["w"].tolist()
+    [True, False, True]
+    """
+    for value, name in ((max_nll_increase, "max_nll_increase"),
+                        (max_accuracy_drop, "max_accuracy_drop")):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    full = evaluate(None)
+
+    def within(k: int) -> bool:
+        got = evaluate(top_masks(scores, k))
+        if got["nll"] > full["nll"] + max_nll_increase:
+            return False
+        return "accuracy" not in full or got["accuracy"] >= full["accuracy"] - max_accuracy_drop
+
+    lo, hi = 0, sum(s.numel() for s in scores.values())
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if within(mid) else (mid + 1, hi)
+    return top_masks(scores, hi)
 
 
 def weight_masks(

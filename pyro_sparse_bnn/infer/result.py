@@ -27,12 +27,11 @@ from .. import guides, metrics
 from .._version import __version__
 from ..io import atomic_path
 from ..priors import WEIGHT_TAG
-from ..prune import prune_result
+from ..prune import live_masks, prune_result
 from ..sites import unwrap
 from ..sparse_guides import SparseVDGuide, weight_moments
 from ..sparsity import (
-    ARD_THRESHOLD,
-    SNR_THRESHOLD,
+    budget_masks,
     compression,
     keep_masks,
     moments,
@@ -119,6 +118,7 @@ class FitResult:
         self.guide = guide
         self.weight_sites = self._find_weight_sites()
         self._vectorisable: bool | None = None
+        self._budget_masks: dict[tuple, dict[str, Tensor]] = {}
 
     def _find_weight_sites(self) -> list[str]:
         with torch.no_grad():
@@ -192,15 +192,48 @@ class FitResult:
             )
         return {k: 1.0 / self.info["prior_precision"][k] for k in self.weight_sites}
 
-    def masks(self, threshold: float | None = None, by: str = "snr") -> dict[str, Tensor]:
-        """Keep-masks per weight site: :meth:`relevance` ``by`` above ``threshold``.
+    def masks(
+        self,
+        threshold: float | None = None,
+        by: str = "snr",
+        *,
+        data: tuple[Tensor, Tensor] | None = None,
+        max_nll_increase: float = 0.02,
+        max_accuracy_drop: float = 0.01,
+    ) -> dict[str, Tensor]:
+        """Keep-masks per weight site, the weights ranked by :meth:`relevance` ``by``.
 
-        The default threshold is ``SNR_THRESHOLD`` (1) for ``"snr"`` and ``ARD_THRESHOLD``
-        (1e-4: precision below 1e4, scikit-learn ``ARDRegression``'s cut) for ``"ard"``.
+        By default (no ``threshold``) the predictive budget rule
+        (:func:`~pyro_sparse_bnn.sparsity.budget_masks`): the fewest most relevant weights whose
+        masked posterior predictive on ``data`` (default: the training data; pass held-out
+        ``(x, y)`` where you have them) has an NLL at most ``max_nll_increase`` nats per row
+        above the full posterior's and, for a classifier, an accuracy at most
+        ``max_accuracy_drop`` below it. With a ``threshold``, the fixed rule: relevance above it
+        (``SNR_THRESHOLD`` = 1 for ``"snr"``, ``ARD_THRESHOLD`` = 1e-4 for ``"ard"``).
         """
         scores = self.relevance(by)
-        default = ARD_THRESHOLD if by == "ard" else SNR_THRESHOLD
-        return keep_masks(scores, default if threshold is None else threshold)
+        if threshold is not None:
+            if data is not None:
+                raise ValueError("masks takes a threshold or a budget (data=...), not both")
+            return keep_masks(scores, threshold)
+        key = (by, max_nll_increase, max_accuracy_drop)
+        if data is None and key in self._budget_masks:
+            return dict(self._budget_masks[key])
+        if data is None:
+            x, y = self.x, self.y
+        elif isinstance(data, tuple | list) and len(data) == 2:
+            x, y = check_xy(*data, model=self.model)
+        else:
+            raise TypeError(f"data must be a pair (x, y) of held-out data, got {data!r}")
+        found = budget_masks(
+            scores,
+            lambda keep: self.evaluate(x, y, masked=keep or False),
+            max_nll_increase=max_nll_increase,
+            max_accuracy_drop=max_accuracy_drop,
+        )
+        if data is None:
+            self._budget_masks[key] = found
+        return dict(found)
 
     def neuron_masks(self, threshold: float | None = None, by: str = "snr") -> dict[str, Tensor]:
         """Per input neuron (channel) of each weight site: kept if any of its weights is kept."""
@@ -215,10 +248,17 @@ class FitResult:
         return prune_result(self, self.masks(threshold, by), example_input)
 
     def compression(self, threshold: float | None = None, by: str = "snr") -> dict:
-        """``n_weights``, ``n_kept``, ``compression``, per-layer sparsity and kept neurons."""
-        return compression(self.masks(threshold, by))
+        """``n_weights``, ``n_kept``, ``compression``, per-layer sparsity and kept neurons.
 
-    def _keep(self, masked: Masking, threshold: float) -> dict[str, Tensor]:
+        For a ``SparseBNN`` only kept weights on a path from an input to an output count
+        (:func:`~pyro_sparse_bnn.prune.live_masks`): the weights :meth:`prune` keeps.
+        """
+        masks = self.masks(threshold, by)
+        if hasattr(getattr(self.model, "net", None), "state_dict"):
+            masks = live_masks(self, masks)
+        return compression(masks)
+
+    def _keep(self, masked: Masking, threshold: float | None) -> dict[str, Tensor]:
         """The keep-masks ``masked`` asks for: none, :meth:`masks` or the given ones."""
         if not isinstance(masked, Mapping):
             check_bool(masked, "masked")
@@ -234,7 +274,7 @@ class FitResult:
                 )
         return dict(masked)
 
-    def _masked_draws(self, masked: Masking, threshold: float) -> dict[str, Tensor]:
+    def _masked_draws(self, masked: Masking, threshold: float | None) -> dict[str, Tensor]:
         keep = self._keep(masked, threshold)
         draws = self.sample_posterior()
         return {k: v * keep[k] if k in keep else v for k, v in draws.items()}
@@ -245,7 +285,7 @@ class FitResult:
         y: Tensor | None,
         *,
         masked: Masking,
-        threshold: float,
+        threshold: float | None,
         sample: bool = False,
     ) -> dict[str, Tensor]:
         """Per draw and row: class ``probs`` or ``mean``/``variance`` of the observation model,
@@ -320,15 +360,16 @@ class FitResult:
         return node["fn"], node
 
     def predict(
-        self, x: Tensor, *, masked: Masking = False, threshold: float = SNR_THRESHOLD
+        self, x: Tensor, *, masked: Masking = False, threshold: float | None = None
     ) -> dict[str, Tensor]:
         """Monte Carlo posterior predictive at ``x``.
 
         Classification returns ``probs`` (mean class probabilities) and ``draw_probs`` (per draw);
         regression returns ``mean`` and ``std`` (total predictive standard deviation). With
-        ``masked=True`` weights with relevance at or below ``threshold`` are set to zero; with
-        ``masked`` a mapping of keep-masks (e.g. ``result.masks(by="ard")``) those masks apply
-        and ``threshold`` is not used. ``evaluate`` and ``pointwise_log_likelihood`` alike.
+        ``masked=True`` the weights outside :meth:`masks` ``(threshold)`` are set to zero (by
+        default the predictive-budget masks); with ``masked`` a mapping of keep-masks (e.g.
+        ``result.masks(by="ard")``) those masks apply and ``threshold`` is not used.
+        ``evaluate`` and ``pointwise_log_likelihood`` alike.
         """
         x, _ = check_xy(x, model=self.model)
         out = self._summaries(x, None, masked=masked, threshold=threshold)
@@ -338,7 +379,7 @@ class FitResult:
         return {"mean": out["mean"].mean(0), "std": std}
 
     def pointwise_log_likelihood(
-        self, x: Tensor, y: Tensor, *, masked: Masking = False, threshold: float = SNR_THRESHOLD
+        self, x: Tensor, y: Tensor, *, masked: Masking = False, threshold: float | None = None
     ) -> Tensor:
         """``log p(y_i | x_i, draw)`` for every draw and row: shape ``(chain, draw, n)``."""
         x, y = check_xy(x, y, model=self.model)
@@ -346,7 +387,7 @@ class FitResult:
         return out["log_lik"].reshape(self.num_chains, self.num_draws, -1)
 
     def evaluate(
-        self, x: Tensor, y: Tensor, *, masked: Masking = False, threshold: float = SNR_THRESHOLD
+        self, x: Tensor, y: Tensor, *, masked: Masking = False, threshold: float | None = None
     ) -> dict[str, float]:
         """Test metrics: accuracy, NLL, Brier, ECE (classification) or RMSE, NLL (regression).
 
@@ -376,11 +417,11 @@ class FitResult:
             raise ValueError("to_arviz needs both x and y, or neither (the training data)")
         x, y = (self.x, self.y) if x is None else check_xy(x, y, model=self.model)
         pyro.set_rng_seed(check_seed(seed))
-        out = self._summaries(x, y, masked=False, threshold=SNR_THRESHOLD, sample=True)
+        out = self._summaries(x, y, masked=False, threshold=None, sample=True)
         shape = (self.num_chains, self.num_draws)
         numpy = {k: v.detach().cpu().numpy() for k, v in self.samples.items()}
         scores = self.relevance()
-        masks = keep_masks(scores, SNR_THRESHOLD)
+        masks = self.masks()
         scores = {f"{k}_relevance": v.cpu().numpy() for k, v in scores.items()}
         scores |= {f"{k}_kept": m.cpu().numpy() for k, m in masks.items()}
         dims, coords = _weight_dims(self.samples, self.weight_sites)

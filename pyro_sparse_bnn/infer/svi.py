@@ -10,10 +10,11 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO
 from torch import Tensor, nn
 from tqdm.auto import trange
 
+from ..elbo import MeanFieldELBO
 from ..guides import draw, make_guide
 from ..io import atomic_path, check_writable
 from ..lrt import LocalReparameterizationELBO
@@ -30,7 +31,7 @@ from .traced_elbo import TracedELBO, check_traced
 __all__ = ["fit_svi"]
 
 ELBOS = {
-    "mean_field": TraceMeanField_ELBO,
+    "mean_field": MeanFieldELBO,
     "trace": Trace_ELBO,
     "lrt": LocalReparameterizationELBO,
 }
