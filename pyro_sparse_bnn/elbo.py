@@ -32,6 +32,7 @@ from pyro.infer import ELBO
 from torch import Tensor
 from torch.distributions import kl_divergence
 
+from .distributions import ARDNormal
 from .sites import unwrap
 
 __all__ = ["MeanFieldELBO", "analytic_kl", "mean_field_elbo"]
@@ -46,18 +47,28 @@ def analytic_kl(guide_site: dict, model_site: dict) -> Tensor | None:
     """Scaled, summed ``KL(q || p)`` of one latent site, or ``None`` where none is known.
 
     A Delta's KL is ``log_density - log p(value)``, exact for its single point; any other
-    guide law uses the KL registered with torch (``None`` if there is none).
+    guide law uses the KL registered with torch (``None`` if there is none). The profiled
+    :class:`~pyro_sparse_bnn.distributions.ARDNormal` prior has no other KL than its closed
+    form against a Normal: any other guide raises a ValueError.
     """
     q = guide_site["infer"].get(Q_KEY, guide_site["fn"])
     p = model_site["fn"]
+    try:
+        kl = None if isinstance(unwrap(q), dist.Delta) else kl_divergence(q, p)
+    except NotImplementedError:
+        kl = None
+    if kl is None and isinstance(unwrap(p), ARDNormal):
+        raise ValueError(
+            f"site {model_site['name']!r} has the profiled ARDNormal prior, whose KL exists only "
+            "in closed form against a Normal guide site: use guide='sparsevd' "
+            "(or priors.ARD with guide='mean_field')"
+        )
+    if kl is not None:
+        return scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
     if isinstance(unwrap(q), dist.Delta):
         kl = q.log_prob(guide_site["value"]) - p.log_prob(guide_site["value"])
-    else:
-        try:
-            kl = kl_divergence(q, p)
-        except NotImplementedError:
-            return None
-    return scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+        return scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+    return None
 
 
 def _log_prob_sum(site: dict) -> Tensor:

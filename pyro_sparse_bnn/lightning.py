@@ -49,8 +49,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from .guides import draw
 from .infer.result import FitResult
-from .infer.streaming import _num_data, check_svi_options, kl_weight, prepare_svi, svi_loss
-from .infer.svi import ELBOS, LR_SCHEDULES
+from .infer.streaming import _num_data, prepare_svi, svi_loss
+from .infer.svi import ELBOS, LR_SCHEDULES, check_svi_options, kl_weight
 from .validation import check_positive_int
 
 __all__ = ["SVIModule", "fit_lightning"]

@@ -12,6 +12,7 @@ from pyro_sparse_bnn.baselines import l1_penalty, magnitude_prune
 from pyro_sparse_bnn.prune import (
     SelectFeatures,
     apply_masks,
+    live_masks,
     log_alpha_masks,
     magnitude_masks,
     masked_network,
@@ -168,3 +169,47 @@ def test_prune_a_fit_result(guide):
         assert (small(X_test) - masked(X_test)).abs().max() < 1e-5
     dense = sum(v.numel() for v in result.model.net.state_dict().values())  # weights are buffers
     assert n_params(small) < dense
+    linear = [m.weight for m in small.modules() if isinstance(m, nn.Linear)]
+    assert result.compression(1.0)["n_kept"] == sum(int((w != 0).sum()) for w in linear)
+
+
+def hand_made_result(bias_prior=None):
+    """A 3-4-2 SparseBNN result with fixed draws (all weights 1 + noise, so none is zero)."""
+    torch.manual_seed(0)
+    bnn = psb.SparseBNN(
+        psb.mlp([3, 4, 2]),
+        psb.priors.Normal(),
+        psb.likelihoods.Categorical(),
+        bias_prior=bias_prior,
+    )
+    samples = {
+        "0.weight": 1 + 0.1 * torch.rand(1, 5, 4, 3),
+        "2.weight": 1 + 0.1 * torch.rand(1, 5, 2, 4),
+    }
+    if bias_prior is not None:
+        samples |= {"0.bias": torch.ones(1, 5, 4), "2.bias": torch.ones(1, 5, 2)}
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    return psb.FitResult(bnn, samples, method="test", x=x, y=y)
+
+
+def test_compression_counts_only_weights_on_live_paths():
+    """Hidden unit 0 receives but feeds nothing, unit 1 feeds but receives nothing (a constant,
+    folded into the next bias), unit 2 does both, unit 3 neither: only unit 2's weights are live,
+    and compression counts exactly the non-zero weights of the pruned network."""
+    result = hand_made_result(bias_prior=psb.priors.Normal())
+    first = torch.zeros(4, 3, dtype=torch.bool)
+    first[0, :2] = first[2, 1:] = True
+    second = torch.zeros(2, 4, dtype=torch.bool)
+    second[:, 1] = second[0, 2] = True
+    masks = {"0.weight": first, "0.bias": torch.ones(4, dtype=torch.bool),
+             "2.weight": second, "2.bias": torch.ones(2, dtype=torch.bool)}  # fmt: skip
+    live = live_masks(result, masks)
+    assert live["0.weight"].nonzero().tolist() == [[2, 1], [2, 2]]
+    assert live["2.weight"].nonzero().tolist() == [[0, 2]]
+    assert live["0.bias"].tolist() == [False, False, True, False]
+    assert live["2.bias"].all()
+    small = prune_result(result, masks)
+    weights = [m.weight for m in small.modules() if isinstance(m, nn.Linear)]
+    assert sum(int((w != 0).sum()) for w in weights) == 3
+    stats = psb.sparsity.compression(live)
+    assert stats["n_kept"] == 3 + 1 + 2

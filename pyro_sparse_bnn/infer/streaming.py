@@ -36,7 +36,7 @@ from tqdm.auto import trange
 from ..guides import draw, make_guide
 from ..handlers import ScaleSites
 from ..io import check_writable
-from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from ..validation import check_positive_int, check_xy
 from .result import FitResult
 from .svi import (
     ELBOS,
@@ -45,39 +45,11 @@ from .svi import (
     _read_checkpoint,
     _restore,
     _write_checkpoint,
+    check_svi_options,
+    kl_weight,
 )
 
-__all__ = ["check_svi_options", "fit_svi_loader", "kl_weight", "prepare_svi", "svi_loss"]
-
-
-def check_svi_options(
-    *,
-    epochs: int,
-    lr: float,
-    lr_schedule: str,
-    num_particles: int,
-    elbo: str,
-    kl_warmup: int,
-    num_posterior_samples: int = 1,
-) -> None:
-    """Validate the optimisation options shared by the streaming and Lightning fits."""
-    check_positive_int(epochs, "epochs")
-    check_positive(lr, "lr")
-    check_choice(lr_schedule, "lr_schedule", tuple(LR_SCHEDULES))
-    check_positive_int(num_particles, "num_particles")
-    check_choice(elbo, "elbo", tuple(ELBOS))
-    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
-        raise ValueError(f"kl_warmup must be a non-negative int, got {kl_warmup!r}")
-    check_positive_int(num_posterior_samples, "num_posterior_samples")
-
-
-def kl_weight(epoch: int, kl_warmup: int) -> float:
-    """KL weight of (0-based) ``epoch``: rises linearly from ``1 / kl_warmup`` to 1.
-
-    >>> [kl_weight(e, 4) for e in range(5)]
-    [0.25, 0.5, 0.75, 1.0, 1.0]
-    """
-    return min(1.0, (epoch + 1) / kl_warmup) if kl_warmup else 1.0
+__all__ = ["fit_svi_loader", "prepare_svi", "svi_loss"]
 
 
 def svi_loss(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ from ..validation import (
 from .result import FitResult
 from .traced_elbo import TracedELBO, check_traced
 
-__all__ = ["fit_svi"]
+__all__ = ["check_svi_options", "fit_svi", "kl_weight"]
 
 ELBOS = {
     "mean_field": MeanFieldELBO,
@@ -46,6 +47,43 @@ LR_SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {
     "constant": lambda epochs: lambda epoch: 1.0,
     "linear_decay": _linear_decay,
 }
+
+
+def check_svi_options(
+    *,
+    epochs: int,
+    lr: float,
+    lr_schedule: str,
+    num_particles: int,
+    elbo: str,
+    kl_warmup: int,
+    num_posterior_samples: int = 1,
+) -> None:
+    """Validate the optimisation options shared by the SVI fits (in memory, streaming, Lightning);
+    warn when the KL warm-up outlasts the fit."""
+    check_positive_int(epochs, "epochs")
+    check_positive(lr, "lr")
+    check_choice(lr_schedule, "lr_schedule", tuple(LR_SCHEDULES))
+    check_positive_int(num_particles, "num_particles")
+    check_choice(elbo, "elbo", tuple(ELBOS))
+    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
+        raise ValueError(f"kl_warmup must be a non-negative int, got {kl_warmup!r}")
+    if kl_warmup > epochs:
+        warnings.warn(
+            f"kl_warmup={kl_warmup} is longer than the {epochs} epochs: the fit ends before the "
+            "KL reaches its full weight, so the result is not the posterior (lower kl_warmup)",
+            stacklevel=3,
+        )
+    check_positive_int(num_posterior_samples, "num_posterior_samples")
+
+
+def kl_weight(epoch: int, kl_warmup: int) -> float:
+    """KL weight of (0-based) ``epoch``: rises linearly from ``1 / kl_warmup`` to 1.
+
+    >>> [kl_weight(e, 4) for e in range(5)]
+    [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    return min(1.0, (epoch + 1) / kl_warmup) if kl_warmup else 1.0
 
 
 def fit_svi(
@@ -100,16 +138,17 @@ def fit_svi(
     x, y = check_xy(X, y, model=model)
     if y is None:
         raise ValueError("y is required for fitting")
-    epochs = check_positive_int(epochs, "epochs")
     n = x.shape[0]
     batch_size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
-    check_positive(lr, "lr")
-    check_positive_int(num_particles, "num_particles")
-    check_positive_int(num_posterior_samples, "num_posterior_samples")
-    check_choice(elbo, "elbo", tuple(ELBOS))
-    check_choice(lr_schedule, "lr_schedule", tuple(LR_SCHEDULES))
-    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
-        raise ValueError(f"kl_warmup must be a non-negative int, got {kl_warmup!r}")
+    check_svi_options(
+        epochs=epochs,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        num_particles=num_particles,
+        elbo=elbo,
+        kl_warmup=kl_warmup,
+        num_posterior_samples=num_posterior_samples,
+    )
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     check_positive_int(checkpoint_every, "checkpoint_every")
@@ -135,7 +174,7 @@ def fit_svi(
     first = 0 if state is None else _restore(state, parts, order, history)
     bar = trange(first, epochs, disable=not progress, desc="svi", leave=False)
     for epoch in bar:
-        beta = min(1.0, (epoch + 1) / kl_warmup) if kl_warmup else 1.0
+        beta = kl_weight(epoch, kl_warmup)
         perm = torch.randperm(n, generator=order).to(x.device)
         total = 0.0
         for idx in perm.split(batch_size):  # the loss per training row

@@ -1,0 +1,87 @@
+"""Pruning rules: the predictive budget against its definition and against the fixed SNR rule."""
+
+import pytest
+import torch
+
+import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.infer.result import FitResult
+from pyro_sparse_bnn.sparsity import budget_masks, top_masks
+
+NOISE = 1.0
+
+
+def weak_signal_result(seed=0, num_draws=400):
+    """Draws of a linear regression's coefficients: 3 strong (SNR 6), 3 weak but real (mean 0.8,
+    sd 1: SNR 0.8) and 4 null; the data come from the posterior mean. The SNR > 1 rule drops the
+    weak coefficients, which the predictions need."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.tensor([3.0, -3.0, 3.0, 0.8, -0.8, 0.8, 0.0, 0.0, 0.0, 0.0])
+    sd = torch.tensor([0.5] * 3 + [1.0] * 3 + [0.05] * 4)
+    w = mean + sd * torch.randn(num_draws, 10, generator=g)
+    x = torch.randn(300, 10, generator=g)
+    y = x @ mean + NOISE * torch.randn(300, generator=g)
+    bnn = psb.SparseBNN(
+        torch.nn.Linear(10, 1, bias=False), psb.priors.Normal(), psb.likelihoods.Gaussian(NOISE)
+    )
+    return FitResult(bnn, {"weight": w.reshape(1, num_draws, 1, 10)}, method="test", x=x, y=y)
+
+
+def test_top_masks_keep_the_k_highest_over_all_sites():
+    scores = {"a": torch.tensor([[0.5, 4.0]]), "b": torch.tensor([3.0, 0.1, 2.0])}
+    masks = top_masks(scores, 3)
+    assert masks["a"].tolist() == [[False, True]] and masks["b"].tolist() == [True, False, True]
+    assert sum(int(m.sum()) for m in top_masks(scores, 0).values()) == 0
+
+
+def test_budget_is_met_and_is_the_sparsest_prefix():
+    """The default masks keep the strong and the weak coefficients, drop the null ones; the
+    masked NLL on the evaluation data is within the budget of the full posterior's, and every
+    smaller prefix of the relevance order breaks the budget (the NLL is monotone here)."""
+    result = weak_signal_result()
+    keep = result.masks()["weight"].reshape(-1)
+    assert keep.tolist() == [True] * 6 + [False] * 4
+    full = result.evaluate(result.x, result.y)["nll"]
+    assert result.evaluate(result.x, result.y, masked=True)["nll"] <= full + 0.02
+    scores = result.relevance()
+    for k in range(6):
+        assert result.evaluate(result.x, result.y, masked=top_masks(scores, k))["nll"] > full + 0.02
+    snr = result.evaluate(result.x, result.y, masked=True, threshold=1.0)["nll"]
+    assert snr > full + 0.2  # the fixed rule costs ten times the budget
+
+
+def test_budget_on_held_out_data_and_bigger_budgets_prune_more():
+    result = weak_signal_result()
+    held_out = weak_signal_result(seed=1)
+    tight = result.masks(data=(held_out.x, held_out.y))["weight"]
+    loose = result.masks(data=(held_out.x, held_out.y), max_nll_increase=5.0)["weight"]
+    assert int(loose.sum()) < int(tight.sum())
+    assert result.compression()["n_kept"] == 6
+
+
+def test_budget_search_checks_accuracy_too():
+    """A classifier's masks must keep the accuracy within ``max_accuracy_drop`` even when the
+    NLL budget alone would allow pruning more."""
+    calls = []
+
+    def evaluate(masks):
+        kept = 3 if masks is None else int(masks["w"].sum())
+        calls.append(kept)
+        return {"nll": 0.0, "accuracy": 1.0 if kept >= 2 else 0.5}
+
+    masks = budget_masks({"w": torch.tensor([3.0, 2.0, 1.0])}, evaluate)
+    assert masks["w"].tolist() == [True, True, False]
+    assert len(calls) <= 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"max_nll_increase": -0.1}, ValueError),
+        ({"max_accuracy_drop": float("nan")}, ValueError),
+        ({"data": "held out"}, TypeError),
+        ({"threshold": 1.0, "data": (torch.zeros(1, 10), torch.zeros(1))}, ValueError),
+    ],
+)
+def test_bad_budget_arguments_are_rejected(kwargs, error):
+    with pytest.raises(error):
+        weak_signal_result(num_draws=20).masks(**kwargs)
