@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "loo",
     "plot_rank",
     "plot_trace",
+    "psis_log_weights",
     "summary",
     "to_inference_data",
     "to_netcdf",
@@ -75,6 +77,25 @@ def bfmi(idata: az.InferenceData) -> np.ndarray:
 def loo(idata: az.InferenceData, **kwargs: Any) -> Any:
     """Pareto-smoothed importance-sampling LOO (``az.loo``)."""
     return az.loo(idata, **kwargs)
+
+
+def psis_log_weights(log_lik: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out importance weights ``1 / p(y_i | draw)``, Pareto-smoothed (``az.psislw``).
+
+    ``log_lik`` is ``(draws, n)``; returns the normalised log-weights ``(draws, n)`` and the Pareto
+    shape ``k`` of each row ``(n,)`` (above 0.7 the estimate for that row is unreliable).
+
+    >>> lw, k = psis_log_weights(np.zeros((100, 3)))
+    >>> np.allclose(np.exp(lw).sum(0), 1.0)
+    True
+    """
+    log_lik = np.asarray(log_lik, dtype=np.float64)
+    if log_lik.ndim != 2:
+        raise ValueError(f"log_lik must have shape (draws, n), got {log_lik.shape}")
+    with warnings.catch_warnings():  # the caller gets k and decides; no warning per call
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
+        lw, k = az.psislw(-log_lik.T)
+    return np.asarray(lw).T, np.asarray(k)
 
 
 def to_netcdf(idata: az.InferenceData, path: str) -> str:

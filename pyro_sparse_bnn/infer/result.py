@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -205,10 +206,11 @@ class FitResult:
 
         By default (no ``threshold``) the predictive budget rule
         (:func:`~pyro_sparse_bnn.sparsity.budget_masks`): the fewest most relevant weights whose
-        masked posterior predictive on ``data`` (default: the training data; pass held-out
-        ``(x, y)`` where you have them) has an NLL at most ``max_nll_increase`` nats per row
-        above the full posterior's and, for a classifier, an accuracy at most
-        ``max_accuracy_drop`` below it. With a ``threshold``, the fixed rule: relevance above it
+        masked posterior predictive has an NLL at most ``max_nll_increase`` nats per row above
+        the full posterior's and, for a classifier, an accuracy at most ``max_accuracy_drop``
+        below it; both measured on held-out ``data=(x, y)`` if given, else by PSIS-LOO on the
+        training data (:meth:`loo_metrics`), which does not reward weights that fit noise.
+        With a ``threshold``, the fixed rule: relevance above it
         (``SNR_THRESHOLD`` = 1 for ``"snr"``, ``ARD_THRESHOLD`` = 1e-4 for ``"ard"``).
         """
         scores = self.relevance(by)
@@ -220,14 +222,15 @@ class FitResult:
         if data is None and key in self._budget_masks:
             return dict(self._budget_masks[key])
         if data is None:
-            x, y = self.x, self.y
+            evaluate = self.loo_metrics
         elif isinstance(data, tuple | list) and len(data) == 2:
             x, y = check_xy(*data, model=self.model)
+            evaluate = partial(self.evaluate, x, y)
         else:
             raise TypeError(f"data must be a pair (x, y) of held-out data, got {data!r}")
         found = budget_masks(
             scores,
-            lambda keep: self.evaluate(x, y, masked=keep or False),
+            lambda keep: evaluate(masked=keep or False),
             max_nll_increase=max_nll_increase,
             max_accuracy_drop=max_accuracy_drop,
         )
@@ -407,9 +410,34 @@ class FitResult:
             }
         return {"rmse": metrics.rmse(out["mean"].mean(0), y), "nll": nll}
 
-    def to_arviz(self, x: Tensor | None = None, y: Tensor | None = None, *, seed: int = 0) -> Any:
+    def loo_metrics(self, *, masked: Masking = False, threshold: float | None = None) -> dict:
+        """Leave-one-out NLL (``-elpd_loo`` per row) and, for a classifier, accuracy of the
+        training data, by Pareto-smoothed importance sampling over the stored draws (Vehtari,
+        Gelman & Gabry 2017); ``masked`` as in :meth:`evaluate`. With fewer than 20 draws (a
+        point estimate) the plain training metrics instead."""
+        if self.num_chains * self.num_draws < 20:
+            return self.evaluate(self.x, self.y, masked=masked, threshold=threshold)
+        out = self._summaries(self.x, self.y, masked=masked, threshold=threshold)
+        ll = out["log_lik"]
+        lw, _ = psb_arviz.psis_log_weights(ll.detach().cpu().numpy())
+        lw = torch.as_tensor(lw, dtype=ll.dtype, device=ll.device)
+        loo = {"nll": float(-torch.logsumexp(lw + ll, 0).mean())}
+        if "probs" in out:
+            probs = (lw.exp().unsqueeze(-1) * out["probs"]).sum(0)
+            loo["accuracy"] = metrics.accuracy(probs, self.y.long())
+        return loo
+
+    def to_arviz(
+        self,
+        x: Tensor | None = None,
+        y: Tensor | None = None,
+        *,
+        seed: int = 0,
+        masks: Mapping[str, Tensor] | None = None,
+    ) -> Any:
         """``InferenceData`` with posterior, posterior_predictive, log_likelihood, observed_data,
-        sample_stats (if any) and a ``relevance`` group (per-weight SNR and keep-masks).
+        sample_stats (if any) and a ``relevance`` group (per-weight SNR and keep-masks: ``masks``,
+        by default :meth:`masks`).
 
         Defaults to the training data; ``seed`` fixes the posterior predictive draws.
         """
@@ -421,7 +449,7 @@ class FitResult:
         shape = (self.num_chains, self.num_draws)
         numpy = {k: v.detach().cpu().numpy() for k, v in self.samples.items()}
         scores = self.relevance()
-        masks = self.masks()
+        masks = self._keep(masks, None) if masks is not None else self.masks()
         scores = {f"{k}_relevance": v.cpu().numpy() for k, v in scores.items()}
         scores |= {f"{k}_kept": m.cpu().numpy() for k, m in masks.items()}
         dims, coords = _weight_dims(self.samples, self.weight_sites)
