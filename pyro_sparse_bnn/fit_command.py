@@ -298,7 +298,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=_positive_int, help="passes over the data (method default)")
     fit.add_argument("--batch-size", type=_positive_int, default=None, help="global minibatch")
     fit.add_argument("--lr", type=_positive_float, help="learning rate (method default)")
-    fit.add_argument("--kl-warmup", type=int, metavar="EPOCHS", help="svi KL warm-up epochs")
+    fit.add_argument(
+        "--kl-warmup", type=int, metavar="EPOCHS", help="svi KL warm-up (default: epochs / 3)"
+    )
     fit.add_argument("--traced", action="store_true", help="svi: replay steps from a traced graph")
     fit.add_argument("--compiled", action="store_true", help="svi: --traced, graph compiled")
     fit.add_argument("--seed", type=int, default=0, help="seed of the split and the fit")

@@ -91,12 +91,12 @@ class SVIModule(pl.LightningModule):
         lr_schedule: str = "constant",
         num_particles: int = 1,
         elbo: str = "mean_field",
-        kl_warmup: int = 0,
+        kl_warmup: int | None = None,
         rng_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_positive_int(num_data, "num_data")
-        check_svi_options(
+        kl_warmup = check_svi_options(
             epochs=epochs,
             lr=lr,
             lr_schedule=lr_schedule,
@@ -163,7 +163,7 @@ def fit_lightning(
     lr_schedule: str = "constant",
     num_particles: int = 1,
     elbo: str = "mean_field",
-    kl_warmup: int = 0,
+    kl_warmup: int | None = None,
     num_posterior_samples: int = 200,
     seed: int = 0,
     progress: bool = True,
@@ -189,7 +189,7 @@ def fit_lightning(
     ``global_rank`` to the history, ``num_data`` and ``seconds``.
     """
     num_data = _num_data(loader, num_data)
-    check_svi_options(
+    kl_warmup = check_svi_options(
         epochs=epochs,
         lr=lr,
         lr_schedule=lr_schedule,

@@ -69,7 +69,7 @@ SAMPLERS = ("sgld", "sghmc")
 PRIORS = ("model", "ssgl")
 SA_MODES = ("sa", "em")
 PRUNING = ("magnitude", "inclusion")
-_SSGL_OPTIONS = ("v0", "v1", "nu", "lam", "a", "b", "delta", "sigma")
+_SSGL_OPTIONS = ("v0", "v1", "nu", "lam", "a", "b", "delta", "sigma", "conjugate")
 
 Schedule = Callable[[int], float]
 
@@ -625,8 +625,9 @@ def fit_sgmcmc(
         preconditioner: ``None``, ``"rmsprop"`` (pSGLD, adapting during burn-in, then frozen)
             or an :class:`~pyro_sparse_bnn.infer.sgmcmc.RMSPreconditioner`.
         ssgl_options: SSGL hyperparameters ``v0, v1, nu, lam, a, b, delta, sigma`` (defaults
-            0.1, 10, 1, 1, 1, p per weight site, 0.5, 1). Each weight site has its own ``delta``;
-            ``sigma`` is shared.
+            0.1, 10, 1, 1, 1, p per weight site, 0.5, 1) and ``conjugate`` (default True: the
+            spike and slab scale with ``sigma``; see :class:`~.sgmcmc.SSGL`). Each weight site
+            has its own ``delta``; ``sigma`` is shared.
         noise_site: the latent site holding the Gaussian noise standard deviation, set to the
             SSGL ``sigma`` (regression form); ``"auto"`` picks ``"noise"`` when the model has it
             and a Normal observation model; ``None`` uses the classification form.
@@ -634,7 +635,8 @@ def fit_sgmcmc(
             site, ``s_k = sparsity * (1 - sparsity_damping ** (k / sparsity_period))`` refreshed
             every ``prune_every`` iterations (default period: ``s_k`` reaches 99 % of
             ``sparsity`` at the end of burn-in); ``"inclusion"`` (``prior="ssgl"``) zeroes, from
-            the end of burn-in on, the weights with ``rho <= inclusion_threshold``.
+            the end of burn-in on, the weights with ``rho <= inclusion_threshold`` in every
+            chain (a weight that any chain still includes is kept in all of them).
         init: starting values of latent sites (constrained), shared by all chains; others start
             at the network's initial weights (SparseBNN) or the prior median.
         param_lr: Adam learning rate for the model's non-sample parameters (e.g. plain network
@@ -904,8 +906,11 @@ class _Run:
                 for name, i in zip(names, self.weight_index, strict=True)
             }
         elif pruning == "inclusion" and k == burn_in:
-            rho = self._split(self.ssgl.rho)
-            self.masks = {n: inclusion_mask(r, threshold) for n, r in zip(names, rho, strict=True)}
+            rho = self._split(self.ssgl.rho)  # a weight any chain still includes stays in all
+            self.masks = {
+                n: inclusion_mask(r, threshold).any(0, keepdim=True).expand_as(r)
+                for n, r in zip(names, rho, strict=True)
+            }
         if self.masks is None:
             return
         params = list(self._state.params)

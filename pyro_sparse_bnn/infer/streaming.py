@@ -164,7 +164,7 @@ def fit_svi_loader(
     lr_schedule: str = "constant",
     num_particles: int = 1,
     elbo: str = "mean_field",
-    kl_warmup: int = 0,
+    kl_warmup: int | None = None,
     num_posterior_samples: int = 200,
     seed: int = 0,
     device: torch.device | str | None = None,
@@ -193,7 +193,7 @@ def fit_svi_loader(
     ``rows_per_epoch`` and ``seconds``.
     """
     num_data = _num_data(loader, num_data)
-    check_svi_options(
+    kl_warmup = check_svi_options(
         epochs=epochs,
         lr=lr,
         lr_schedule=lr_schedule,
