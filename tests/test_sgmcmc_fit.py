@@ -214,6 +214,23 @@ def test_models_that_cannot_be_vmapped_or_traced_run_chain_by_chain():
     assert ((fit.samples["w"].mean((0, 1)) - mean).abs() < 0.05 * mean.abs()).all()
 
 
+def test_inclusion_pruning_is_a_consensus_of_the_chains():
+    """pruning='inclusion' zeroes at the end of burn-in only the weights that every chain
+    excludes: the masks agree across chains, every true signal survives in every chain, and the
+    noise scale (the SA sigma, estimated from the weights still in the model) is within 20 % of
+    the truth."""
+    data = psb.datasets.large_p_small_n(n_train=80, n_test=10, p=200, noise_var=2.0, seed=3)
+    fit = psb.fit(
+        ssgl_linear_model, data.X_train, data.y_train, method="sgld_sa",
+        step_size=PolynomialDecay(1e-3, power=1 / 3), num_draws=100, burn_in=1500,
+        num_chains=4, pruning="inclusion", progress=False, init={"w": torch.zeros(200)},
+    )  # fmt: skip
+    masks = fit.info["pruning_masks"]["w"]
+    assert (masks == masks[:1]).all()
+    assert masks[:, :2].all() and masks.sum(1).max() < 20
+    assert ((fit.info["sigma"] / 2.0**0.5 - 1).abs() < 0.2).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # SSGL with neural networks: pruning and inclusion
 
