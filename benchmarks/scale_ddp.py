@@ -59,7 +59,7 @@ def worker(mode: str, processes: int, rows: int, epochs: int, out: str) -> None:
     """One configuration; the first process writes its row to ``out``."""
     torch.set_num_threads(1)
     dataset, bnn = problem(rows)
-    options = {"epochs": epochs, "lr": 1e-3, "seed": SEED, "progress": False}
+    options = {"epochs": epochs, "lr": 1e-3, "kl_warmup": 0, "seed": SEED, "progress": False}
     options["num_posterior_samples"] = 1
     loader = DataLoader(dataset, batch_size=GLOBAL_BATCH // processes, shuffle=True)
     stamps: list[float] = []

@@ -94,7 +94,8 @@ def run_width(method: str, width: int, seed: int, epochs: int, data: tuple) -> d
     bnn = psb.SparseBNN(net, width_priors(method, net, len(y)), psb.likelihoods.Categorical())
     start = time.perf_counter()
     result = psb.fit(bnn, x, y, method="svi", guide="map", epochs=epochs, batch_size=128,
-                     lr=0.01, seed=seed, progress=False, num_posterior_samples=1)  # fmt: skip
+                     lr=0.01, kl_warmup=0, seed=seed, progress=False,
+                     num_posterior_samples=1)  # fmt: skip
     seconds = time.perf_counter() - start
     pruned, _ = scalp_prune(result, THRESHOLD, sites=["2.weight"])
     with torch.no_grad():

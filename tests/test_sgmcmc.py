@@ -329,26 +329,6 @@ def test_ssgl_e_step_and_m_step_against_hand_computation():
     np.testing.assert_allclose(got_grad.numpy(), expected_grad, rtol=1e-10)
 
 
-def test_independent_ssgl_estimates_sigma_from_the_residuals_alone():
-    """``conjugate=False``: the spike and slab have scale 1 (the E-step and the prior gradient
-    at sigma = 1 whatever sigma is) and sigma's EM target is the InvGamma posterior mode from
-    the residuals alone, ``sqrt((rss + nu lam) / (N + nu))``; the conjugate form counts the
-    p weights too and lands well below it when they are near zero."""
-    w = torch.tensor([W], dtype=DTYPE)
-    independent = SSGL(w, delta=0.3, sigma=0.8, conjugate=False)
-    rho, k0, k1 = _expected_e_step(W, delta=0.3, sigma=1.0)
-    np.testing.assert_allclose(independent.rho[0].numpy(), rho, rtol=1e-10)
-    expected_grad = -k1 * W - k0 * np.sign(W)
-    np.testing.assert_allclose(independent.grad_log_prior(w)[0].numpy(), expected_grad, rtol=1e-10)
-    independent.update(w, 1.0, rss=torch.tensor([12.3], dtype=DTYPE), num_data=20)
-    assert independent.sigma.item() == pytest.approx(math.sqrt((12.3 + NU * LAM) / (20 + NU)))
-    conjugate = SSGL(torch.zeros(1, 200, dtype=DTYPE), delta=0.3, sigma=0.8)
-    conjugate.update(torch.zeros(1, 200, dtype=DTYPE), 1.0, rss=torch.tensor([12.3]), num_data=20)
-    assert conjugate.sigma.item() < 0.35 * independent.sigma.item()
-    with pytest.raises(TypeError, match="conjugate"):
-        SSGL(w, conjugate=1)
-
-
 def test_ssgl_inclusion_probability_is_stable_in_the_tails():
     w = torch.tensor([0.0, 1e-3, 40.0, -400.0], dtype=torch.float32)
     rho = ssgl_inclusion_probability(w, 1e-4, 0.5, V0, V1)

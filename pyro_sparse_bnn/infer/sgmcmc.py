@@ -604,12 +604,7 @@ class SSGL:
     """SSGL prior on ``w`` of shape ``(..., p)`` with its stochastic-approximation state.
 
     Hierarchy: ``w_j ~ (1 - g_j) Laplace(0, sigma v0) + g_j Normal(0, sigma^2 v1)``,
-    ``g_j ~ Bernoulli(delta)``, ``delta ~ Beta(a, b)``, ``sigma^2 ~ InvGamma(nu/2, nu lam/2)``:
-    the conjugate form of the SSGL paper. With ``conjugate=False`` the spike and slab do not
-    scale with ``sigma`` (``Laplace(0, v0)``, ``Normal(0, v1)``), the independent form that
-    Moran, Rockova & George (2019) recommend when ``p > n``: in the conjugate form every weight
-    near zero counts as one more observation of ``sigma`` (``p`` in the M-step's ``A``), so the
-    noise scale is underestimated about ``sqrt((N + p) / N)``-fold.
+    ``g_j ~ Bernoulli(delta)``, ``delta ~ Beta(a, b)``, ``sigma^2 ~ InvGamma(nu/2, nu lam/2)``.
     The state is the E-step's ``rho`` (and the penalties ``kappa0``, ``kappa1`` it implies)
     and the M-step's ``delta`` and ``sigma``, one per chain. :meth:`update` is one EM
     iteration from the current state at the new weights, averaged in with weight ``omega``.
@@ -618,7 +613,6 @@ class SSGL:
         w: initial weights; fixes shape, dtype and device. ``rho`` starts from them.
         v0, v1, nu, lam, a: hyperparameters (paper defaults); ``b=None`` uses ``p`` (per group).
         delta, sigma: initial inclusion rate and scale.
-        conjugate: whether the spike and slab scale with ``sigma`` (see above).
         groups: sizes of consecutive blocks of the last dimension (e.g. one per layer), each
             with its own inclusion rate ``delta`` (then of shape ``(..., len(groups))``); the
             scale ``sigma`` is shared, as in the SSGL reference code. ``None``: one block.
@@ -644,10 +638,7 @@ class SSGL:
         delta: float = 0.5,
         sigma: float = 1.0,
         groups: Sequence[int] | None = None,
-        conjugate: bool = True,
     ) -> None:
-        if not isinstance(conjugate, bool):
-            raise TypeError(f"conjugate must be True or False, got {conjugate!r}")
         if not isinstance(w, Tensor) or w.dim() == 0 or not w.dtype.is_floating_point:
             raise TypeError("w must be a floating-point tensor of shape (..., p)")
         for name, value in (("v0", v0), ("v1", v1), ("nu", nu), ("lam", lam), ("sigma", sigma)):
@@ -661,7 +652,6 @@ class SSGL:
         if sum(sizes) != p:
             raise ValueError(f"groups must sum to the number of weights {p}, got {sizes}")
         self.v0, self.v1, self.nu, self.lam, self.a = v0, v1, nu, lam, a
-        self.conjugate = conjugate
         self.b = None if b is None else _check_positive(b, "b")
         self.groups = None if groups is None else tuple(sizes)
         w = w.detach()
@@ -706,9 +696,8 @@ class SSGL:
         logit_delta = torch.log(self._delta) - torch.log1p(-self._delta)
         if self._index is not None:
             logit_delta = logit_delta.index_select(-1, self._index)
-        return torch.sigmoid(
-            _inclusion_logit(abs_w, logit_delta, self._weight_scale(), self.v0, self.v1)
-        )
+        sigma = self._sigma.unsqueeze(-1)
+        return torch.sigmoid(_inclusion_logit(abs_w, logit_delta, sigma, self.v0, self.v1))
 
     def _group_sums(self, values: Tensor) -> Tensor:
         if self._index is None:
@@ -716,15 +705,9 @@ class SSGL:
         out = values.new_zeros((*values.shape[:-1], len(self.groups)))
         return out.index_add_(-1, self._index, values)
 
-    def _weight_scale(self) -> Tensor:
-        """The scale of the spike and slab per chain, ``(..., 1)``: ``sigma`` or 1."""
-        s = self._sigma.unsqueeze(-1)
-        return s if self.conjugate else torch.ones_like(s)
-
     def _refresh(self) -> None:
-        """Cache the gradient coefficients ``kappa1 / s**2`` and ``kappa0 / s`` (``s`` the
-        weights' scale)."""
-        s = self._weight_scale()
+        """Cache the gradient coefficients ``kappa1 / sigma**2`` and ``kappa0 / sigma``."""
+        s = self._sigma.unsqueeze(-1)
         self._ridge = self._rho / (self.v1 * s * s)
         self._lasso = (1.0 - self._rho) / (self.v0 * s)
 
@@ -769,8 +752,6 @@ class SSGL:
         rho_abs = rho * abs_w
         lasso = (abs_w - rho_abs).sum(-1) / self.v0
         ridge = (rho_abs * abs_w).sum(-1) / self.v1
-        if not self.conjugate:  # sigma sees only the residuals and its own prior
-            count, lasso, ridge = 0, torch.zeros_like(lasso), torch.zeros_like(ridge)
         coefficients = _sigma_coefficients(count, lasso, ridge, self.nu, self.lam, rss, num_data, w)
         sigma = _positive_root(*coefficients)
         self._rho = sa_average(self._rho, rho, omega)

@@ -69,7 +69,7 @@ SAMPLERS = ("sgld", "sghmc")
 PRIORS = ("model", "ssgl")
 SA_MODES = ("sa", "em")
 PRUNING = ("magnitude", "inclusion")
-_SSGL_OPTIONS = ("v0", "v1", "nu", "lam", "a", "b", "delta", "sigma", "conjugate")
+_SSGL_OPTIONS = ("v0", "v1", "nu", "lam", "a", "b", "delta", "sigma")
 
 Schedule = Callable[[int], float]
 
@@ -625,9 +625,8 @@ def fit_sgmcmc(
         preconditioner: ``None``, ``"rmsprop"`` (pSGLD, adapting during burn-in, then frozen)
             or an :class:`~pyro_sparse_bnn.infer.sgmcmc.RMSPreconditioner`.
         ssgl_options: SSGL hyperparameters ``v0, v1, nu, lam, a, b, delta, sigma`` (defaults
-            0.1, 10, 1, 1, 1, p per weight site, 0.5, 1) and ``conjugate`` (default True: the
-            spike and slab scale with ``sigma``; see :class:`~.sgmcmc.SSGL`). Each weight site
-            has its own ``delta``; ``sigma`` is shared.
+            0.1, 10, 1, 1, 1, p per weight site, 0.5, 1). Each weight site has its own ``delta``;
+            ``sigma`` is shared.
         noise_site: the latent site holding the Gaussian noise standard deviation, set to the
             SSGL ``sigma`` (regression form); ``"auto"`` picks ``"noise"`` when the model has it
             and a Normal observation model; ``None`` uses the classification form.
