@@ -6,8 +6,9 @@ A method is trusted only if it gives the right answer on problems it was not tun
 fits one linear model per problem with each method and checks its predictions, its selected
 support and its pruned model against an oracle or a non-Bayesian reference, and its posterior
 against NUTS under the same prior. ``--jobs N`` runs the (problem, method) tasks in N one-thread
-spawn workers; every task seeds itself, so the rows do not depend on N. A run with ``--problems``
-or ``--methods`` (not ``--quick``) keeps the stored rows of the other pairs.
+spawn workers; every task seeds itself, so the rows do not depend on N. A full-budget run keeps the
+stored rows of the (problem, method) pairs it does not rerun (same budget), so ``--problems`` and
+``--methods`` can complete a panel in parts.
 
 Problems (``PROBLEMS``; each defined by its data seed, nothing tuned per problem):
 
@@ -747,9 +748,11 @@ def references(names: list[str]) -> dict[str, dict]:
     for name in names:
         pr = PROBLEMS[name]
         data = load_problem(pr)
-        refs[name] = reference(pr, data) | {"n_train": data.X_train.shape[0]}
+        refs[name] = reference(pr, data)
+        if pr.source == "synthetic":
+            refs[name] |= {k: getattr(pr, k) for k in ("rho", "corr", "signal", "seed")}
+        refs[name] |= {"n_train": data.X_train.shape[0], "n_test": data.X_test.shape[0]}
         refs[name] |= {"p": data.X_train.shape[1], "classes": data.classes}
-        refs[name] |= {k: v for k, v in asdict(pr).items() if k not in ("name", "task")}
         if data.noise is not None:
             refs[name]["true_noise"] = data.noise
     return refs
@@ -786,7 +789,7 @@ def stored_rows(quick: bool) -> list[dict]:
     if quick or not path.exists():
         return []
     stored = json.loads(path.read_text())
-    if stored["meta"].get("quick"):
+    if stored["meta"].get("quick") or stored["meta"].get("budget") != asdict(FULL):
         return []
     return [r for r in stored["rows"] if r.get("kind") == "fit"]
 

@@ -19,6 +19,7 @@ draws of any inference method. Two rules turn relevance into keep-masks:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -89,36 +90,44 @@ def top_masks(scores: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
 
 def budget_masks(
     scores: Mapping[str, Tensor],
-    evaluate: Callable[[dict[str, Tensor] | None], Mapping[str, float]],
+    losses: Callable[[dict[str, Tensor] | None], Mapping[str, Tensor]],
     *,
     max_nll_increase: float = 0.02,
     max_accuracy_drop: float = 0.01,
 ) -> dict[str, Tensor]:
     """The sparsest keep-masks, in the order of ``scores``, whose predictions stay within budget.
 
-    ``evaluate(masks)`` returns the metrics of the masked posterior predictive (``nll`` and, for
-    a classifier, ``accuracy``); ``evaluate(None)`` those of the full posterior. The masks keep
-    the ``k`` most relevant weights for the smallest ``k`` found by bisection whose NLL exceeds
-    the full posterior's by at most ``max_nll_increase`` and whose accuracy is at most
-    ``max_accuracy_drop`` below it. Every ``k`` returned was evaluated and met the budget (all
-    weights, at worst). About ``log2(n_weights) + 2`` evaluations.
+    ``losses(masks)`` returns per-row losses of the masked posterior predictive: ``nll`` and, for
+    a classifier, ``error`` (1 where the predicted class is wrong); ``losses(None)`` those of
+    the full posterior. The masks keep the ``k`` most relevant weights for the smallest ``k``,
+    found by bisection, whose extra loss per row stays within budget with one standard error to
+    spare: ``mean(d) + sd(d) / sqrt(n) <= max_nll_increase`` for the NLL differences ``d`` and
+    likewise for the error differences and ``max_accuracy_drop`` (the margin makes the rule hold
+    beyond the rows it was measured on, as projection predictive selection's one-standard-error
+    rule does). Every ``k`` returned was evaluated and met the budget (all weights, at worst).
+    About ``log2(n_weights) + 2`` evaluations.
 
     >>> scores = {"w": torch.tensor([5.0, 0.1, 2.0])}
-    >>> needed = lambda m: {"nll": 0.0 if m is None or m["w"][[0, 2]].all() else 1.0}
-    >>> budget_masks(scores, needed)["w"].tolist()
+    >>> def losses(m):  # each row loses a nat unless weights 0 and 2 are kept
+    ...     return {"nll": torch.ones(4) * (m is not None and not m["w"][[0, 2]].all())}
+    >>> budget_masks(scores, losses)["w"].tolist()
     [True, False, True]
     """
     for value, name in ((max_nll_increase, "max_nll_increase"),
                         (max_accuracy_drop, "max_accuracy_drop")):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    full = evaluate(None)
+    full = losses(None)
+    budget = {"nll": max_nll_increase, "error": max_accuracy_drop}
 
     def within(k: int) -> bool:
-        got = evaluate(top_masks(scores, k))
-        if got["nll"] > full["nll"] + max_nll_increase:
-            return False
-        return "accuracy" not in full or got["accuracy"] >= full["accuracy"] - max_accuracy_drop
+        got = losses(top_masks(scores, k))
+        for key, loss in full.items():
+            d = (got[key] - loss).double()
+            se = d.std() / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
+            if d.mean() + se > budget[key]:
+                return False
+        return True
 
     lo, hi = 0, sum(s.numel() for s in scores.values())
     while lo < hi:

@@ -59,18 +59,42 @@ def test_budget_on_held_out_data_and_bigger_budgets_prune_more():
 
 
 def test_budget_search_checks_accuracy_too():
-    """A classifier's masks must keep the accuracy within ``max_accuracy_drop`` even when the
-    NLL budget alone would allow pruning more."""
+    """A classifier's masks must keep the error within ``max_accuracy_drop`` (with its standard
+    error) even when the NLL budget alone would allow pruning more."""
     calls = []
 
-    def evaluate(masks):
+    def losses(masks):
         kept = 3 if masks is None else int(masks["w"].sum())
         calls.append(kept)
-        return {"nll": 0.0, "accuracy": 1.0 if kept >= 2 else 0.5}
+        error = torch.zeros(100)
+        error[: 50 if kept < 2 else 0] = 1.0
+        return {"nll": torch.zeros(100), "error": error}
 
-    masks = budget_masks({"w": torch.tensor([3.0, 2.0, 1.0])}, evaluate)
+    masks = budget_masks({"w": torch.tensor([3.0, 2.0, 1.0])}, losses)
     assert masks["w"].tolist() == [True, True, False]
     assert len(calls) <= 4
+
+
+def test_budget_keeps_a_standard_error_in_hand():
+    """Per-row NLL differences of mean 0.015 and sd 0.1 over 100 rows: within 0.02 on
+    average, but not with the standard error (0.01) added, so nothing is pruned; with 10 000
+    rows (standard error 0.001) the weight goes."""
+
+    def losses(n):
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(n, generator=g, dtype=torch.float64)
+        extra = 0.015 + 0.1 * (noise - noise.mean()) / noise.std()
+
+        def per_row(m):  # weight 0 is needed, weight 1 costs a little
+            if m is None or m["w"].all():
+                return {"nll": torch.zeros(n, dtype=torch.float64)}
+            return {"nll": extra if m["w"][0] else torch.ones(n, dtype=torch.float64)}
+
+        return per_row
+
+    scores = {"w": torch.tensor([2.0, 1.0])}
+    assert budget_masks(scores, losses(100))["w"].tolist() == [True, True]
+    assert budget_masks(scores, losses(10_000))["w"].tolist() == [True, False]
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +207,9 @@ class FitResult:
         (:func:`~pyro_sparse_bnn.sparsity.budget_masks`): the fewest most relevant weights whose
         masked posterior predictive has an NLL at most ``max_nll_increase`` nats per row above
         the full posterior's and, for a classifier, an accuracy at most ``max_accuracy_drop``
-        below it; both measured on held-out ``data=(x, y)`` if given, else by PSIS-LOO on the
-        training data (:meth:`loo_metrics`), which does not reward weights that fit noise.
+        below it, each with one standard error to spare; measured on held-out ``data=(x, y)``
+        if given, else by PSIS-LOO on the training data (:meth:`loo_metrics`), which does not
+        reward weights that fit noise.
         With a ``threshold``, the fixed rule: relevance above it
         (``SNR_THRESHOLD`` = 1 for ``"snr"``, ``ARD_THRESHOLD`` = 1e-4 for ``"ard"``).
         """
@@ -222,15 +222,14 @@ class FitResult:
         if data is None and key in self._budget_masks:
             return dict(self._budget_masks[key])
         if data is None:
-            evaluate = self.loo_metrics
+            x, y, loo = self.x, self.y, True
         elif isinstance(data, tuple | list) and len(data) == 2:
-            x, y = check_xy(*data, model=self.model)
-            evaluate = partial(self.evaluate, x, y)
+            (x, y), loo = check_xy(*data, model=self.model), False
         else:
             raise TypeError(f"data must be a pair (x, y) of held-out data, got {data!r}")
         found = budget_masks(
             scores,
-            lambda keep: evaluate(masked=keep or False),
+            lambda keep: self._losses(x, y, keep or {}, loo=loo),
             max_nll_increase=max_nll_increase,
             max_accuracy_drop=max_accuracy_drop,
         )
@@ -411,21 +410,33 @@ class FitResult:
         return {"rmse": metrics.rmse(out["mean"].mean(0), y), "nll": nll}
 
     def loo_metrics(self, *, masked: Masking = False, threshold: float | None = None) -> dict:
-        """Leave-one-out NLL (``-elpd_loo`` per row) and, for a classifier, accuracy of the
+        """Leave-one-out NLL (``-elpd_loo`` per row) and, for a classifier, accuracy on the
         training data, by Pareto-smoothed importance sampling over the stored draws (Vehtari,
         Gelman & Gabry 2017); ``masked`` as in :meth:`evaluate`. With fewer than 20 draws (a
         point estimate) the plain training metrics instead."""
-        if self.num_chains * self.num_draws < 20:
-            return self.evaluate(self.x, self.y, masked=masked, threshold=threshold)
-        out = self._summaries(self.x, self.y, masked=masked, threshold=threshold)
+        losses = self._losses(self.x, self.y, self._keep(masked, threshold), loo=True)
+        out = {"nll": float(losses["nll"].mean())}
+        if "error" in losses:
+            out["accuracy"] = 1.0 - float(losses["error"].mean())
+        return out
+
+    def _losses(
+        self, x: Tensor, y: Tensor, keep: dict[str, Tensor], *, loo: bool = False
+    ) -> dict[str, Tensor]:
+        """Per-row ``nll`` (and ``error`` of a classifier) of the posterior predictive with the
+        weights outside ``keep`` zeroed; with ``loo``, leave-one-out by PSIS (20+ draws)."""
+        out = self._summaries(x, y, masked=keep, threshold=None)
         ll = out["log_lik"]
-        lw, _ = psb_arviz.psis_log_weights(ll.detach().cpu().numpy())
-        lw = torch.as_tensor(lw, dtype=ll.dtype, device=ll.device)
-        loo = {"nll": float(-torch.logsumexp(lw + ll, 0).mean())}
+        if loo and ll.shape[0] >= 20:
+            lw, _ = psb_arviz.psis_log_weights(ll.detach().cpu().numpy())
+            weights = torch.as_tensor(lw, dtype=ll.dtype, device=ll.device)
+        else:
+            weights = torch.full_like(ll, -math.log(ll.shape[0]))
+        losses = {"nll": -torch.logsumexp(weights + ll, 0)}
         if "probs" in out:
-            probs = (lw.exp().unsqueeze(-1) * out["probs"]).sum(0)
-            loo["accuracy"] = metrics.accuracy(probs, self.y.long())
-        return loo
+            probs = (weights.exp().unsqueeze(-1) * out["probs"]).sum(0)
+            losses["error"] = (probs.argmax(-1) != y.long()).to(ll.dtype)
+        return losses
 
     def to_arviz(
         self,
