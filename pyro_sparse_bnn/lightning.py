@@ -103,6 +103,7 @@ class SVIModule(pl.LightningModule):
             num_particles=num_particles,
             elbo=elbo,
             kl_warmup=kl_warmup,
+            guide=guide,
         )
         self.model = model
         self.guide = guide
@@ -197,6 +198,7 @@ def fit_lightning(
         elbo=elbo,
         kl_warmup=kl_warmup,
         num_posterior_samples=num_posterior_samples,
+        guide=guide,
     )
     if trainer_options is not None and not isinstance(trainer_options, dict):
         raise TypeError(f"trainer_options must be a dict, got {type(trainer_options).__name__}")

@@ -201,6 +201,7 @@ def fit_svi_loader(
         elbo=elbo,
         kl_warmup=kl_warmup,
         num_posterior_samples=num_posterior_samples,
+        guide=guide,
     )
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
