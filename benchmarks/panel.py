@@ -91,11 +91,13 @@ import json
 import math
 import multiprocessing
 import os
+import subprocess
 import time
 import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile workers: one core each
@@ -323,7 +325,7 @@ def reference(pr: Problem, data: Data) -> dict[str, Any]:
         row["null_mse"] = float(np.mean((y.mean() - y_test) ** 2))
     else:
         if data.beta is not None:
-            model = LogisticRegression(penalty=None, max_iter=10000).fit(X, y)
+            model = LogisticRegression(C=np.inf, max_iter=10000).fit(X, y)  # unpenalised
             se = _logistic_se(model, X)
             row["reference"] = "oracle logistic regression"
         else:
@@ -748,7 +750,9 @@ def references(names: list[str]) -> dict[str, dict]:
     for name in names:
         pr = PROBLEMS[name]
         data = load_problem(pr)
-        refs[name] = reference(pr, data)
+        with warnings.catch_warnings():  # scikit-learn's notices of its coming API changes
+            warnings.simplefilter("ignore", FutureWarning)
+            refs[name] = reference(pr, data)
         if pr.source == "synthetic":
             refs[name] |= {k: getattr(pr, k) for k in ("rho", "corr", "signal", "seed")}
         refs[name] |= {"n_train": data.X_train.shape[0], "n_test": data.X_test.shape[0]}
@@ -784,6 +788,18 @@ def is_small(pr: Problem) -> bool:
     return weights <= SMALL
 
 
+def library_version() -> str:
+    """The package version and the checkout's commit (``-dirty`` with uncommitted changes)."""
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return f"{psb.__version__} ({commit})"
+
+
 def stored_rows(quick: bool) -> list[dict]:
     path = RESULTS / "panel.json"
     if quick or not path.exists():
@@ -815,6 +831,9 @@ def main() -> None:
             done[row["problem"], row["method"]] = row
             status = row.get("error", "ok")[:60]
             print(f"{row['problem']} {row['method']}: {row['seconds']:.0f} s {status}", flush=True)
+    library = library_version()
+    for row in done.values():
+        row.setdefault("library", library)
     for row in stored_rows(args.quick):
         done.setdefault((row["problem"], row["method"]), row)
     keep = [pair for pair in done if pair[0] in PROBLEMS and pair[1] in METHODS]
@@ -834,6 +853,7 @@ def main() -> None:
         "panel", list(refs.values()) + rows, quick=args.quick, jobs=args.jobs,
         budget=asdict(QUICK if args.quick else FULL), rules=RULES, fit_seed=FIT_SEED,
         pass_rates=rates, wall_seconds=time.perf_counter() - start, torch_threads=1,
+        library=library,
     )  # fmt: skip
     print(f"wrote {path}")
 
