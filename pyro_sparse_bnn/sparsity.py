@@ -98,8 +98,9 @@ def budget_masks(
     """The sparsest keep-masks, in the order of ``scores``, whose predictions stay within budget.
 
     ``losses(masks)`` returns per-row losses of the masked posterior predictive: ``nll`` and, for
-    a classifier, ``error`` (1 where the predicted class is wrong); ``losses(None)`` those of
-    the full posterior. The masks keep the ``k`` most relevant weights for the smallest ``k``,
+    a classifier, ``error`` (1 where the predicted class is wrong), and may return more of each
+    (``train_nll``: the budget of a key is that of its last ``_`` part); ``losses(None)`` those
+    of the full posterior. The masks keep the ``k`` most relevant weights for the smallest ``k``,
     found by bisection, whose extra loss per row stays within budget with one standard error to
     spare: ``mean(d) + sd(d) / sqrt(n) <= max_nll_increase`` for the NLL differences ``d`` and
     likewise for the error differences and ``max_accuracy_drop`` (the margin makes the rule hold
@@ -125,7 +126,7 @@ def budget_masks(
         for key, loss in full.items():
             d = (got[key] - loss).double()
             se = d.std() / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
-            if d.mean() + se > budget[key]:
+            if d.mean() + se > budget[key.rsplit("_", 1)[-1]]:  # "train_nll": nll's budget
                 return False
         return True
 

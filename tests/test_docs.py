@@ -108,4 +108,5 @@ def test_page_code_runs(page, monkeypatch):
     for block in re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.S):
         exec(compile(block, page, "exec"), namespace)
     if page == "index.md":
-        assert namespace["kept"].tolist() == [True] * 4 + [False] * 16
+        kept = namespace["kept"]
+        assert kept[:4].all() and kept.sum() <= 8  # every signal; at most 4 of the 16 nulls

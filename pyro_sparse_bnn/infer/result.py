@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +209,11 @@ class FitResult:
         masked posterior predictive has an NLL at most ``max_nll_increase`` nats per row above
         the full posterior's and, for a classifier, an accuracy at most ``max_accuracy_drop``
         below it, each with one standard error to spare; measured on held-out ``data=(x, y)``
-        if given, else by PSIS-LOO on the training data (:meth:`loo_metrics`), which does not
-        reward weights that fit noise.
+        if given, else on the training data by PSIS-LOO (:meth:`loo_metrics`), which does not
+        reward weights that fit noise. Where PSIS flags its own estimate as unreliable for the
+        full posterior (a Pareto ``k`` above 0.7, common for mean-field variational draws), the
+        in-sample loss must stay within the budget too: LOO was then optimistic for pruned
+        models.
         With a ``threshold``, the fixed rule: relevance above it
         (``SNR_THRESHOLD`` = 1 for ``"snr"``, ``ARD_THRESHOLD`` = 1e-4 for ``"ard"``).
         """
@@ -222,14 +226,15 @@ class FitResult:
         if data is None and key in self._budget_masks:
             return dict(self._budget_masks[key])
         if data is None:
-            x, y, loo = self.x, self.y, True
+            losses = partial(self._training_losses, in_sample=not self._loo_reliable())
         elif isinstance(data, tuple | list) and len(data) == 2:
-            (x, y), loo = check_xy(*data, model=self.model), False
+            x, y = check_xy(*data, model=self.model)
+            losses = partial(self._losses, x, y)
         else:
             raise TypeError(f"data must be a pair (x, y) of held-out data, got {data!r}")
         found = budget_masks(
             scores,
-            lambda keep: self._losses(x, y, keep or {}, loo=loo),
+            lambda keep: losses(keep or {}),
             max_nll_increase=max_nll_increase,
             max_accuracy_drop=max_accuracy_drop,
         )
@@ -419,6 +424,22 @@ class FitResult:
         if "error" in losses:
             out["accuracy"] = 1.0 - float(losses["error"].mean())
         return out
+
+    def _loo_reliable(self) -> bool:
+        """Whether PSIS-LOO of the full posterior is trustworthy: 20+ draws, every Pareto
+        ``k <= 0.7`` (Vehtari et al. 2024)."""
+        ll = self._summaries(self.x, self.y, masked=False, threshold=None)["log_lik"]
+        if ll.shape[0] < 20:
+            return False
+        _, k = psb_arviz.psis_log_weights(ll.detach().cpu().numpy())
+        return bool((k <= 0.7).all())
+
+    def _training_losses(self, keep: dict[str, Tensor], *, in_sample: bool) -> dict[str, Tensor]:
+        """Per-row losses on the training data by PSIS-LOO, and in-sample as ``train_*``."""
+        loo = self._losses(self.x, self.y, keep, loo=True)
+        if not in_sample:
+            return loo
+        return loo | {f"train_{k}": v for k, v in self._losses(self.x, self.y, keep).items()}
 
     def _losses(
         self, x: Tensor, y: Tensor, keep: dict[str, Tensor], *, loo: bool = False
