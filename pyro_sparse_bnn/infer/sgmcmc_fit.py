@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from ..priors import WEIGHT_TAG
 from ..sites import is_improper, unvalidated, unwrap
+from ..sparsity import budget_masks, relevance
 from ..validation import as_tensor, check_choice, check_positive, check_positive_int, check_xy
 from .result import FitResult
 from .sgmcmc import (
@@ -69,6 +70,7 @@ SAMPLERS = ("sgld", "sghmc")
 PRIORS = ("model", "ssgl")
 SA_MODES = ("sa", "em")
 PRUNING = ("magnitude", "inclusion")
+LATE_STATES = 25  # per chain, for the PSIS-LOO budget of pruning="inclusion"
 _SSGL_OPTIONS = ("v0", "v1", "nu", "lam", "a", "b", "delta", "sigma")
 
 Schedule = Callable[[int], float]
@@ -635,7 +637,9 @@ def fit_sgmcmc(
             every ``prune_every`` iterations (default period: ``s_k`` reaches 99 % of
             ``sparsity`` at the end of burn-in); ``"inclusion"`` (``prior="ssgl"``) zeroes, from
             the end of burn-in on, the weights with ``rho <= inclusion_threshold`` in every
-            chain (a weight that any chain still includes is kept in all of them).
+            chain (a weight that any chain still includes is kept in all of them); in the
+            classification form only as many as keep the PSIS-LOO predictive of the last
+            quarter of burn-in within the default budget of ``FitResult.masks``.
         init: starting values of latent sites (constrained), shared by all chains; others start
             at the network's initial weights (SparseBNN) or the prior median.
         param_lr: Adam learning rate for the model's non-sample parameters (e.g. plain network
@@ -801,7 +805,7 @@ class _Run:
         ssgl_options: dict[str, float] | None,
         param_lr: float,
     ) -> None:
-        self.layout, self.x, self.y = layout, x, y
+        self.model, self.layout, self.x, self.y = model, layout, x, y
         self.integrator, self.num_chains, self.batch_size = integrator, num_chains, batch_size
         self.density = _Density(model, layout, num_chains, x.shape[0])
         self.gradient = _Gradient(self.density)
@@ -824,6 +828,7 @@ class _Run:
         self.optimizer = torch.optim.Adam(self.params, lr=param_lr) if self.params else None
         self.compile_error: str | None = None
         self.masks: dict[str, Tensor] | None = None
+        self.late_states: dict[str, list[Tensor]] = {}
 
     def _flat(self, unconstrained: list[Tensor]) -> Tensor:
         parts = [unconstrained[i].reshape(self.num_chains, -1) for i in self.weight_index]
@@ -905,11 +910,7 @@ class _Run:
                 for name, i in zip(names, self.weight_index, strict=True)
             }
         elif pruning == "inclusion" and k == burn_in:
-            rho = self._split(self.ssgl.rho)  # a weight any chain still includes stays in all
-            self.masks = {
-                n: inclusion_mask(r, threshold).any(0, keepdim=True).expand_as(r)
-                for n, r in zip(names, rho, strict=True)
-            }
+            self.masks = self._inclusion_masks(names, threshold)
         if self.masks is None:
             return
         params = list(self._state.params)
@@ -919,6 +920,37 @@ class _Run:
             if momentum is not None:
                 momentum[i] = momentum[i] * mask
         self._state = replace(self._state, params=params, momentum=momentum)
+
+    def _record_late_state(self) -> None:
+        for name, value in self.density.values(self._state.params, self.noise).items():
+            self.late_states.setdefault(name, []).append(value.detach())
+
+    def _inclusion_masks(self, names: list[str], threshold: float) -> dict[str, Tensor]:
+        """Keep-masks ``(chain, ...)`` at the end of burn-in.
+
+        A weight that any chain includes (``rho > threshold``) stays in every chain. In the
+        regression form the spike's scale is ``v0`` noise sds and the others go. In the
+        classification form ``sigma`` grows with the weights themselves, so a weight in the
+        spike need not be near zero: of the others, ranked by ``|mean| / sd`` over the late
+        burn-in states of all chains, the fewest stay whose PSIS-LOO predictive over those
+        states holds within the default budget of
+        :func:`~pyro_sparse_bnn.sparsity.budget_masks`.
+        """
+        rho = dict(zip(names, self._split(self.ssgl.rho), strict=True))
+        included = {n: inclusion_mask(rho[n], threshold).any(0) for n in names}
+        states = {n: torch.stack(v, dim=1) for n, v in self.late_states.items()}
+        self.late_states = {}
+        if self.layout.noise is None:
+            for name in self.layout.fixed:
+                shape = self.layout.shapes[name]
+                states[name] = self.layout.init[name].expand(*states[names[0]].shape[:2], *shape)
+            scores = {n: torch.where(included[n], torch.inf, relevance(states[n])) for n in names}
+            late = FitResult(self.model, states, method="burn_in", x=self.x, y=self.y)
+            kept = budget_masks(
+                scores, lambda keep: late._losses(self.x, self.y, keep or {}, loo=True)
+            )
+            included = {n: kept[n] | included[n] for n in names}
+        return {n: included[n].expand_as(rho[n]) for n in names}
 
     def loop(
         self,
@@ -944,6 +976,7 @@ class _Run:
         kept: dict[str, list[Tensor]] = {}
         stats: dict[str, list[Tensor]] = {}
         pending: dict[str, Tensor] | None = None
+        late_every = max(1, burn_in // (4 * LATE_STATES))  # states from the last quarter
         total_iterations = burn_in + num_draws * thin
         bar = tqdm(total=total_iterations, disable=not progress, desc=method, leave=False)
         k = 0
@@ -977,6 +1010,9 @@ class _Run:
                 )
                 if regression:
                     self.noise = self.ssgl.sigma
+            late = 0 < burn_in - k <= LATE_STATES * late_every and (burn_in - k) % late_every == 0
+            if pruning == "inclusion" and layout.noise is None and late:
+                self._record_late_state()
             if k > burn_in and (k - burn_in) % thin == 0:
                 pending = self._snapshot(k)
             if callback is not None and callback(k, float(evaluation.lp.mean())):
