@@ -5,8 +5,6 @@ pruning and ArviZ results.
 >>> bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
 """
 
-import pyro
-
 from . import (
     alrao,
     arviz,
@@ -33,10 +31,6 @@ from .infer.result import FitResult
 from .nn import SparseBNN, mlp
 
 load = FitResult.load
-
-# Models and guides own their parameters (Pyro's module-local mode): two fits never share state
-# through the global param store, and torch optimisers and torch.save see every parameter.
-pyro.settings.set(module_local_params=True)
 
 __all__ = [
     "METHODS",

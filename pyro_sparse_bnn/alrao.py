@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import trange
 
+from .isolation import check_seed, isolated
 from .validation import check_positive_int, check_xy
 
 __all__ = [
@@ -389,6 +390,7 @@ class AlraoFit:
         return {"accuracy": accuracy, "nll": float(-logp.gather(-1, y.long()[:, None]).mean())}
 
 
+@isolated
 def fit_alrao(
     net: nn.Sequential,
     X: Tensor,
@@ -420,7 +422,7 @@ def fit_alrao(
     size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    torch.manual_seed(seed)
+    torch.manual_seed(check_seed(seed))
     network = AlraoNetwork(net, n_copies, freeze_prob=freeze_prob).to(
         device=x.device, dtype=x.dtype
     )

@@ -19,6 +19,7 @@ from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
 from .handlers import is_latent_or_deterministic
+from .isolation import LocalParams
 from .sparse_guides import sparse_vd
 from .validation import check_positive
 
@@ -32,15 +33,23 @@ def _init_loc_fn(model: Callable) -> Callable:
     return init_to_value(values=initial, fallback=init_to_median(num_samples=15))
 
 
+class MeanFieldGuide(LocalParams, AutoNormal):
+    """Pyro's ``AutoNormal`` owning its parameters (no global param store, whoever calls it)."""
+
+
+class MAPGuide(LocalParams, AutoDelta):
+    """Pyro's ``AutoDelta`` owning its parameters (no global param store, whoever calls it)."""
+
+
 def mean_field(model: Callable, *, init_scale: float = 0.01) -> AutoNormal:
     """Fully factorised Gaussian in the unconstrained space (log-normal for positive scales)."""
     check_positive(init_scale, "init_scale")
-    return AutoNormal(model, init_loc_fn=_init_loc_fn(model), init_scale=init_scale)
+    return MeanFieldGuide(model, init_loc_fn=_init_loc_fn(model), init_scale=init_scale)
 
 
 def map_estimate(model: Callable) -> AutoDelta:
     """Point estimates of every latent (MAP): the deterministic baseline."""
-    return AutoDelta(model, init_loc_fn=_init_loc_fn(model))
+    return MAPGuide(model, init_loc_fn=_init_loc_fn(model))
 
 
 GUIDES: dict[str, Callable[..., AutoGuide]] = {

@@ -1,8 +1,8 @@
 """Data-parallel SVI on several devices or nodes with PyTorch Lightning (``pip install lightning``).
 
 :class:`SVIModule` is a ``LightningModule`` around a Pyro model, its guide and the ELBO, as in
-Pyro's own Lightning example: the model and guide own their parameters (module-local mode, set on
-import of the package), so Lightning's optimiser and DDP see them like any torch module's. Each
+Pyro's own Lightning example: the model and guide own their parameters (module-local mode during
+each training step), so Lightning's optimiser and DDP see them like any torch module's. Each
 training step computes :func:`~pyro_sparse_bnn.infer.streaming.svi_loss` on the process's share of
 the global batch; DDP averages the gradients, which is the gradient of the global batch's loss.
 Every process starts from the same seed, so all draw the same latent values at each step and a run
@@ -51,6 +51,7 @@ from .guides import draw
 from .infer.result import FitResult
 from .infer.streaming import _num_data, prepare_svi, svi_loss
 from .infer.svi import ELBOS, LR_SCHEDULES, check_svi_options, kl_weight
+from .isolation import isolated, local_params
 from .validation import check_positive_int
 
 __all__ = ["SVIModule", "fit_lightning"]
@@ -124,9 +125,10 @@ class SVIModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         beta = kl_weight(self.current_epoch, self.kl_warmup)
-        loss = svi_loss(
-            self.loss_fn, self.model, self.guide, x, y, num_data=self.num_data, beta=beta
-        )
+        with local_params():  # the model and guide own their parameters, in any loop
+            loss = svi_loss(
+                self.loss_fn, self.model, self.guide, x, y, num_data=self.num_data, beta=beta
+            )
         self._sums.append(torch.stack([loss.detach() * x.shape[0], loss.new_tensor(x.shape[0])]))
         return loss
 
@@ -152,6 +154,7 @@ class SVIModule(pl.LightningModule):
         }
 
 
+@isolated
 def fit_lightning(
     model: Callable,
     loader: Iterable,

@@ -25,6 +25,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from .isolation import LocalParams
 from .likelihoods import Likelihood
 from .priors import Prior
 
@@ -54,7 +55,7 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Seque
     return nn.Sequential(*layers)
 
 
-class SparseBNN(PyroModule):
+class SparseBNN(LocalParams, PyroModule):
     """A Pyro model ``(x, y=None) -> y`` whose layer weights carry shrinkage priors.
 
     Args:

@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.distributions import biject_to, constraints
 
 from . import distributions
+from .isolation import LocalParams
 from .sites import unwrap
 
 __all__ = ["SparseVDGuide", "sparse_vd", "weight_moments"]
@@ -64,7 +65,7 @@ def _sparse_init(model: Any):
     return init
 
 
-class SparseVDGuide(AutoGuide):
+class SparseVDGuide(LocalParams, AutoGuide):
     """Mean-field guide with ``Normal(loc, exp(log_sigma2 / 2))`` per latent site.
 
     Args:

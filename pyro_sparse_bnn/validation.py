@@ -15,7 +15,6 @@ __all__ = [
     "check_choice",
     "check_positive",
     "check_positive_int",
-    "check_seed",
     "check_xy",
 ]
 
@@ -83,23 +82,6 @@ def check_choice(value: Any, name: str, choices: list[str] | tuple[str, ...]) ->
     """``value`` must be one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
-    return value
-
-
-def check_seed(value: Any, name: str = "seed") -> int:
-    """A seed for ``pyro.set_rng_seed``: an int (not a bool), else ``TypeError`` naming ``name``.
-
-    Checked before seeding: ``pyro.set_rng_seed("0")`` reseeds torch and then fails in NumPy
-    with a message that does not name the argument.
-
-    >>> check_seed(3)
-    3
-    >>> check_seed("0")
-    Traceback (most recent call last):
-    TypeError: seed must be an int, got '0'
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
     return value
 
 

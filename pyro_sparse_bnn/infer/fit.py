@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..isolation import isolated
 from .mcmc import MCMC_METHODS
 from .penalized import fit_l0, fit_l1
 from .result import FitResult
@@ -26,6 +27,7 @@ METHODS: dict[str, Callable[..., FitResult]] = {
 }
 
 
+@isolated
 def fit(model: Callable, X: Tensor, y: Tensor, *, method: str = "svi", **options: Any) -> FitResult:
     """Fit a :class:`~pyro_sparse_bnn.SparseBNN` or any Pyro model ``model(x, y=None)``.
 

@@ -45,7 +45,8 @@ from pyro.infer.autoguide.initialization import (
 )
 from torch import Tensor, nn
 
-from ..validation import check_choice, check_positive, check_positive_int, check_seed, check_xy
+from ..isolation import check_seed, isolated
+from ..validation import check_choice, check_positive, check_positive_int, check_xy
 from .fast_nuts import KERNELS, sample
 from .potential import FlatPotential, check_latent_sites, latent_nodes
 from .result import FitResult
@@ -279,6 +280,7 @@ def _check_options(
         raise ValueError("give trajectory_length or num_steps, not both")
 
 
+@isolated
 def fit_mcmc(
     model: Callable,
     X: Tensor,

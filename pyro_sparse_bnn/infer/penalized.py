@@ -36,12 +36,13 @@ from tqdm.auto import trange
 
 from ..baselines import magnitude_prune
 from ..gates import L0Network
+from ..isolation import check_seed, isolated
 from ..likelihoods import Categorical, Gaussian
 from ..nn import BAYESIAN_LAYERS, SparseBNN
 from ..penalties import Penalty, glorot_penalties, total_penalty
 from ..priors import Normal
 from ..prune import gate_masks
-from ..validation import check_choice, check_positive, check_positive_int, check_seed, check_xy
+from ..validation import check_choice, check_positive, check_positive_int, check_xy
 from .result import FitResult
 
 __all__ = ["fit_l0", "fit_l1"]
@@ -187,6 +188,7 @@ def _l1_factors(l1: Any, net: nn.Module, n_data: int) -> dict[str, float]:
     return {k: float(values.get(k, 0.0)) for k in layers}
 
 
+@isolated
 def fit_l1(
     model: SparseBNN,
     X: Tensor,
@@ -240,6 +242,7 @@ def fit_l1(
     return _result(model, pruned, draws, "l1", x, y, info)
 
 
+@isolated
 def fit_l0(
     model: SparseBNN,
     X: Tensor,

@@ -27,6 +27,7 @@ from .. import arviz as psb_arviz
 from .. import guides, metrics
 from .._version import __version__
 from ..io import atomic_path
+from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
 from ..prune import live_masks, prune_result
 from ..sites import unwrap
@@ -39,7 +40,7 @@ from ..sparsity import (
     neuron_masks,
     signal_to_noise,
 )
-from ..validation import check_bool, check_positive_int, check_seed, check_xy
+from ..validation import check_bool, check_positive_int, check_xy
 
 __all__ = ["FitResult"]
 
@@ -98,6 +99,7 @@ class FitResult:
         guide: the fitted guide of a variational method (fresh draws come from it).
     """
 
+    @isolated
     def __init__(
         self,
         model: Callable,
@@ -140,6 +142,7 @@ class FitResult:
     def _flat_draw(self, i: int) -> dict[str, Tensor]:
         return {k: v.reshape(-1, *v.shape[2:])[i] for k, v in self.samples.items()}
 
+    @isolated
     def sample_posterior(self, num_samples: int | None = None) -> dict[str, Tensor]:
         """Posterior draws with chains flattened: ``{site: (num_samples, ...)}``.
 
@@ -158,6 +161,7 @@ class FitResult:
             return {k: v[index] for k, v in self.sample_posterior().items()}
         return {k: v.reshape(-1, *v.shape[2:]) for k, v in self.samples.items()}
 
+    @isolated
     def weight_moments(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Posterior ``(mean, sd)`` of every weight site.
 
@@ -174,6 +178,7 @@ class FitResult:
                 exact[k] = (self.guide.loc(k).detach().clone(), self.guide.scale(k).detach())
         return {k: exact[k] if k in exact else moments(self.samples[k]) for k in self.weight_sites}
 
+    @isolated
     def relevance(self, by: str = "snr") -> dict[str, Tensor]:
         """Relevance per weight site, high for weights to keep.
 
@@ -193,6 +198,7 @@ class FitResult:
             )
         return {k: 1.0 / self.info["prior_precision"][k] for k in self.weight_sites}
 
+    @isolated
     def masks(
         self,
         threshold: float | None = None,
@@ -242,10 +248,12 @@ class FitResult:
             self._budget_masks[key] = found
         return dict(found)
 
+    @isolated
     def neuron_masks(self, threshold: float | None = None, by: str = "snr") -> dict[str, Tensor]:
         """Per input neuron (channel) of each weight site: kept if any of its weights is kept."""
         return neuron_masks(self.masks(threshold, by))
 
+    @isolated
     def prune(
         self, threshold: float | None = None, example_input: Tensor | None = None, by: str = "snr"
     ) -> Any:
@@ -254,6 +262,7 @@ class FitResult:
         (``exp(-1.5)`` is SparseVD's ``log_alpha > 3``). Its outputs equal the masked network's."""
         return prune_result(self, self.masks(threshold, by), example_input)
 
+    @isolated
     def compression(self, threshold: float | None = None, by: str = "snr") -> dict:
         """``n_weights``, ``n_kept``, ``compression``, per-layer sparsity and kept neurons.
 
@@ -366,6 +375,7 @@ class FitResult:
         node = _observed_node(trace, shaped)
         return node["fn"], node
 
+    @isolated
     def predict(
         self, x: Tensor, *, masked: Masking = False, threshold: float | None = None
     ) -> dict[str, Tensor]:
@@ -385,6 +395,7 @@ class FitResult:
         std = (out["variance"].mean(0) + out["mean"].var(0, unbiased=False)).sqrt()
         return {"mean": out["mean"].mean(0), "std": std}
 
+    @isolated
     def pointwise_log_likelihood(
         self, x: Tensor, y: Tensor, *, masked: Masking = False, threshold: float | None = None
     ) -> Tensor:
@@ -393,6 +404,7 @@ class FitResult:
         out = self._summaries(x, y, masked=masked, threshold=threshold)
         return out["log_lik"].reshape(self.num_chains, self.num_draws, -1)
 
+    @isolated
     def evaluate(
         self, x: Tensor, y: Tensor, *, masked: Masking = False, threshold: float | None = None
     ) -> dict[str, float]:
@@ -414,6 +426,7 @@ class FitResult:
             }
         return {"rmse": metrics.rmse(out["mean"].mean(0), y), "nll": nll}
 
+    @isolated
     def loo_metrics(self, *, masked: Masking = False, threshold: float | None = None) -> dict:
         """Leave-one-out NLL (``-elpd_loo`` per row) and, for a classifier, accuracy on the
         training data, by Pareto-smoothed importance sampling over the stored draws (Vehtari,
@@ -459,6 +472,7 @@ class FitResult:
             losses["error"] = (probs.argmax(-1) != y.long()).to(ll.dtype)
         return losses
 
+    @isolated
     def to_arviz(
         self,
         x: Tensor | None = None,
@@ -476,7 +490,8 @@ class FitResult:
         if (x is None) != (y is None):
             raise ValueError("to_arviz needs both x and y, or neither (the training data)")
         x, y = (self.x, self.y) if x is None else check_xy(x, y, model=self.model)
-        pyro.set_rng_seed(check_seed(seed))
+        check_seed(seed)
+        pyro.set_rng_seed(seed)
         out = self._summaries(x, y, masked=False, threshold=None, sample=True)
         shape = (self.num_chains, self.num_draws)
         numpy = {k: v.detach().cpu().numpy() for k, v in self.samples.items()}
@@ -499,6 +514,7 @@ class FitResult:
             dims=dims,
         )
 
+    @isolated
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result (model, guide, draws, data, info, RNG state) to ``path`` atomically.
 
@@ -522,6 +538,7 @@ class FitResult:
         return Path(path)
 
     @classmethod
+    @isolated
     def load(cls, path: str | os.PathLike) -> FitResult:
         """Read a result written by :meth:`save`; a clear ``ValueError`` for a bad file."""
         if not Path(path).is_file():

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
+from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
 from ..sites import is_improper, unvalidated, unwrap
 from ..sparsity import budget_masks, relevance
@@ -573,6 +574,7 @@ def _param_leaves(model: Callable, x: Tensor, y: Tensor, values: dict) -> list[T
 # The sampler
 
 
+@isolated
 def fit_sgmcmc(
     model: Callable,
     X: Tensor,
@@ -719,8 +721,7 @@ def fit_sgmcmc(
     check_positive(param_lr, "param_lr")
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be a bool, got {compile!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    check_seed(seed)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     init = {k: as_tensor(v, f"init[{k!r}]").to(x.device, x.dtype) for k, v in (init or {}).items()}

@@ -36,6 +36,7 @@ from tqdm.auto import trange
 from ..guides import draw, make_guide
 from ..handlers import ScaleSites
 from ..io import check_writable
+from ..isolation import check_seed, isolated
 from ..validation import check_positive_int, check_xy
 from .result import FitResult
 from .svi import (
@@ -131,7 +132,7 @@ def prepare_svi(
     Returns ``(model, guide, x, y)`` with the first batch on the device. The RNG is seeded again
     after the fetch, so the draws that follow do not depend on how the loader shuffles.
     """
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(check_seed(seed))
     x, y = first_batch(loader, model)
     pyro.set_rng_seed(seed)
     device = x.device if device is None else torch.device(device)
@@ -152,6 +153,7 @@ def _set_epoch(loader: Iterable, epoch: int) -> None:
             return
 
 
+@isolated
 def fit_svi_loader(
     model: Callable,
     loader: Iterable,

@@ -19,12 +19,12 @@ from tqdm.auto import trange
 from ..elbo import MeanFieldELBO
 from ..guides import draw, make_guide
 from ..io import atomic_path, check_writable
+from ..isolation import check_seed, isolated
 from ..lrt import LocalReparameterizationELBO
 from ..validation import (
     check_choice,
     check_positive,
     check_positive_int,
-    check_seed,
     check_xy,
 )
 from .result import FitResult
@@ -93,6 +93,7 @@ def kl_weight(epoch: int, kl_warmup: int) -> float:
     return min(1.0, (epoch + 1) / kl_warmup) if kl_warmup else 1.0
 
 
+@isolated
 def fit_svi(
     model: Callable,
     X: Tensor,

@@ -64,9 +64,10 @@ from torch.distributions import Gamma, Normal, biject_to
 from tqdm.auto import trange
 
 from ..distributions import ARDNormal
+from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
 from ..sites import unwrap
-from ..validation import check_choice, check_positive, check_positive_int, check_seed, check_xy
+from ..validation import check_choice, check_positive, check_positive_int, check_xy
 from .result import FitResult
 from .vadam import Vadam, VadamARD, _check_betas, _check_nonnegative
 
@@ -273,6 +274,7 @@ def _check_bool(value: Any, name: str) -> bool:
     return value
 
 
+@isolated
 def fit_vadam(
     model: Callable,
     X: Tensor,

@@ -1,0 +1,144 @@
+"""The toolkit leaves the caller's global state alone: Pyro settings, the param store and the
+torch / NumPy / ``random`` generators are after any call what they would have been without it."""
+
+from __future__ import annotations
+
+import doctest
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro.infer.autoguide import AutoNormal
+
+import pyro_sparse_bnn as psb
+from pyro_sparse_bnn import isolation
+
+X, Y = psb.datasets.load("iris")
+
+PLAIN_PYRO_SCRIPT = """
+import pyro, torch
+import pyro.distributions as dist
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+{imports}
+def model(x, y):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", 10):
+        pyro.sample("y", dist.Normal(w * x, 1.0), obs=y)
+
+class Shift(pyro.nn.PyroModule):
+    def forward(self, x):
+        return x + pyro.param("shift", torch.tensor(0.5))
+
+pyro.set_rng_seed(0)
+guide = AutoNormal(model)
+svi = SVI(model, guide, pyro.optim.Adam({{"lr": 0.05}}), Trace_ELBO())
+x = torch.linspace(0, 1, 10)
+for _ in range(50):
+    svi.step(x, 2 * x)
+store = pyro.get_param_store()
+print(sorted(store.keys()), float(guide.median()["w"]), float(Shift()(x).sum()))
+print(pyro.settings.get("module_local_params"))
+"""
+
+
+def run_script(imports: str) -> str:
+    code = PLAIN_PYRO_SCRIPT.format(imports=imports)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_a_plain_pyro_script_gives_the_same_results_with_and_without_the_import():
+    """AutoNormal + SVI fill the global param store, a PyroModule may call ``pyro.param``, and
+    the module-local mode stays off: exactly as without the toolkit."""
+    plain = run_script("")
+    assert "AutoNormal.locs.w" in plain and plain.endswith("False\n")
+    assert run_script("import pyro_sparse_bnn") == plain
+    assert run_script("import pyro_sparse_bnn.metrics") == plain
+
+
+def global_draws() -> tuple[float, float, float]:
+    return float(torch.rand(())), float(np.random.rand()), random.random()
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@pytest.fixture
+def bnn() -> psb.SparseBNN:
+    torch.manual_seed(0)
+    return psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
+
+
+CALLS = {
+    "fit_svi": lambda m: psb.fit(m, X, Y, epochs=3, num_posterior_samples=20, progress=False),
+    "fit_map": lambda m: psb.fit(m, X, Y, epochs=3, guide="map", progress=False),
+    "fit_l1": lambda m: psb.fit(m, X, Y, method="l1", epochs=3, progress=False),
+    "fit_vadam": lambda m: psb.fit(m, X, Y, method="vadam", epochs=2, progress=False),
+    "fit_sgld": lambda m: psb.fit(
+        m, X, Y, method="sgld", num_draws=5, burn_in=5, num_chains=2, progress=False
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_fits_and_their_results_leave_the_global_generators_as_they_were(bnn, name):
+    seed_everything(1)
+    expected = global_draws()
+    seed_everything(1)
+    fit = CALLS[name](bnn)
+    fit.predict(X[:5])
+    fit.evaluate(X, Y)
+    fit.to_arviz()
+    fit.masks()
+    assert global_draws() == expected
+    assert len(pyro.get_param_store().keys()) == 0
+
+
+def test_the_fit_seed_alone_decides_the_result(bnn):
+    torch.manual_seed(1)
+    a = psb.fit(bnn, X, Y, epochs=3, seed=5, progress=False)
+    torch.manual_seed(2)
+    b = psb.fit(bnn, X, Y, epochs=3, seed=5, progress=False)
+    assert a.info["history"] == b.info["history"]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.0, "0", True])
+def test_bad_seeds_are_rejected_before_anything_runs(bnn, seed):
+    seed_everything(1)
+    expected = global_draws()
+    seed_everything(1)
+    error = ValueError if isinstance(seed, int) and not isinstance(seed, bool) else TypeError
+    with pytest.raises(error, match="seed must be"):
+        psb.fit(bnn, X, Y, epochs=2, seed=seed, progress=False)
+    assert global_draws() == expected
+
+
+def test_guides_built_outside_never_share_parameters_through_the_store(bnn):
+    """Two user-built AutoNormal guides of the same model have the same parameter names; each
+    fit keeps its own (the global store would hand the second fit the first one's values)."""
+    other = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
+    a = psb.fit(bnn, X, Y, epochs=30, guide=AutoNormal(bnn), progress=False)
+    b = psb.fit(other, X, Y, epochs=1, lr=1e-6, guide=AutoNormal(other), progress=False)
+    name = "0.weight_decentered"
+    loc_a, loc_b = a.guide.median()[name], b.guide.median()[name]
+    assert not torch.allclose(loc_a, loc_b, atol=1e-3)
+    assert len(pyro.get_param_store().keys()) == 0
+
+
+def test_the_toolkits_guides_own_their_parameters_when_the_user_calls_them(bnn):
+    fit = CALLS["fit_svi"](bnn)
+    fit.guide(X, Y)
+    fit.model(X, Y)
+    assert len(pyro.get_param_store().keys()) == 0
+
+
+def test_isolation_doctests():
+    assert doctest.testmod(isolation).failed == 0
