@@ -73,6 +73,7 @@ def seed_everything(seed: int) -> None:
 
 @pytest.fixture
 def bnn() -> psb.SparseBNN:
+    pyro.clear_param_store()  # other tests' plain Pyro fits fill it; ours must add nothing
     torch.manual_seed(0)
     return psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
 
