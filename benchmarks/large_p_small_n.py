@@ -102,7 +102,7 @@ def run_sgmcmc(name: str, data, args, **options: Any) -> dict[str, Any]:
     start = time.perf_counter()
     fit = psb.fit(
         linear_bnn(prior), data.X_train, data.y_train, method=method, step_size=STEP,
-        num_draws=args.draws, burn_in=args.burn_in, thin=args.thin, num_chains=args.chains,
+        num_samples=args.draws, warmup=args.burn_in, thin=args.thin, num_chains=args.chains,
         init={"0.weight": torch.zeros(1, P)}, seed=args.seed, progress=False, **options,
     )  # fmt: skip
     seconds = time.perf_counter() - start
@@ -171,7 +171,7 @@ def main() -> None:
     # One-time costs of a fresh process (lazy torch.fx / optimiser imports, ~2-8 s here) are
     # paid by a 10-iteration warm-up fit, not by the first timed method.
     psb.fit(linear_bnn(psb.priors.Normal()), data.X_train, data.y_train, method="sgld",
-            num_draws=5, burn_in=5, num_chains=2, progress=False)  # fmt: skip
+            num_samples=5, warmup=5, num_chains=2, progress=False)  # fmt: skip
     rows = []
     for method in args.methods.split(","):
         if method == "svi_horseshoe":

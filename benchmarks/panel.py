@@ -437,8 +437,8 @@ def fit_sgld_sa(pruning: str | None, pr: Problem, data: Data, budget: Budget) ->
     shape = (data.classes, data.X_train.shape[1]) if pr.task == "multiclass" else (model.p,)
     return psb.fit(
         model, data.X_train, data.y_train, method="sgld_sa",
-        step_size=PolynomialDecay(0.1 / n, power=1 / 3), num_draws=budget.sgld_draws,
-        burn_in=budget.sgld_burn_in, thin=budget.sgld_thin, num_chains=4,
+        step_size=PolynomialDecay(0.1 / n, power=1 / 3), num_samples=budget.sgld_draws,
+        warmup=budget.sgld_burn_in, thin=budget.sgld_thin, num_chains=4,
         init={"w": torch.zeros(shape)}, pruning=pruning, seed=FIT_SEED, progress=False,
     )  # fmt: skip
 

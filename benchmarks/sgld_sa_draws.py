@@ -39,7 +39,7 @@ def run(seed: int, pruned: bool, burn_in: int) -> dict:
     start = time.perf_counter()
     fit = psb.fit(
         bnn, data.X_train, data.y_train, method="sgld_sa",
-        step_size=PolynomialDecay(1e-3, power=1 / 3), num_draws=200, burn_in=burn_in, thin=20,
+        step_size=PolynomialDecay(1e-3, power=1 / 3), num_samples=200, warmup=burn_in, thin=20,
         num_chains=8, init={"0.weight": torch.zeros(1, P)}, seed=seed, progress=False,
         pruning="inclusion" if pruned else None,
     )  # fmt: skip
@@ -80,7 +80,7 @@ def main() -> None:
         rows,
         data=f"datasets.large_p_small_n(n_train={N}, n_test=100, p={P}, rho={RHO}, "
         f"noise_var={NOISE_VAR}, seed=10..{9 + args.draws})",
-        burn_in=burn_in,
+        warmup=burn_in,
     )
 
 

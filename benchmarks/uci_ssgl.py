@@ -53,7 +53,7 @@ def run(method: str, seed: int, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     fit = psb.fit(
         bnn, X, y, method=method, step_size=1e-5, friction=0.1, batch_size=50,
-        num_chains=args.chains, burn_in=args.burn_in, num_draws=args.draws, thin=args.thin,
+        num_chains=args.chains, warmup=args.burn_in, num_samples=args.draws, thin=args.thin,
         seed=seed, progress=False, **options,
     )  # fmt: skip
     seconds = time.perf_counter() - start

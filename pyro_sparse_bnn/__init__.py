@@ -5,11 +5,13 @@ pruning and ArviZ results.
 >>> bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
 """
 
+import importlib
+from types import ModuleType
+
 from . import (
     alrao,
     arviz,
     baselines,
-    datasets,
     distributions,
     gates,
     guides,
@@ -17,7 +19,6 @@ from . import (
     lrt,
     metrics,
     penalties,
-    plots,
     priors,
     prune,
     scaling,
@@ -31,6 +32,17 @@ from .infer.result import FitResult
 from .nn import SparseBNN, mlp
 
 load = FitResult.load
+
+_LAZY_MODULES = ("datasets", "plots")
+"""Submodules imported on first attribute access: they load scikit-learn, matplotlib and
+seaborn, which a fit does not need (``python -X importtime -c "import pyro_sparse_bnn"``)."""
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "METHODS",

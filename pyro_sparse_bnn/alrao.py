@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import copy
 import math
-import time
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import trange
 
+from .infer.loop import LoopOptions
 from .isolation import check_seed, isolated
 from .validation import check_positive_int, check_xy
 
@@ -353,6 +353,13 @@ class Alrao:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimiser's state (the learning rates follow from the seed)."""
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state)
+
     def step(self) -> None:
         """One base step at ``lr=1``, each parameter's change scaled by its learning rate."""
         with torch.no_grad():
@@ -406,22 +413,33 @@ def fit_alrao(
     seed: int = 0,
     progress: bool = True,
     callback: Callable[[int, float], bool | None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    resume: str | os.PathLike | None = None,
     **base_options: Any,
 ) -> AlraoFit:
     """Train a classifier with Alrao on integer labels ``y`` (minibatches, reshuffled each epoch).
 
     ``net`` (copied) must be an ``nn.Sequential`` ending in the ``nn.Linear`` classifier. The
     history holds the mean mixture NLL per epoch; training stops with ``diverged=True`` when it
-    becomes non-finite. ``callback(epoch, loss)`` returning ``True`` stops early.
+    becomes non-finite. ``progress``, ``callback``, ``checkpoint``, ``checkpoint_every`` and
+    ``resume`` are the training loop's (:class:`~pyro_sparse_bnn.infer.loop.LoopOptions`).
     """
     x, y = check_xy(X, y)
     if y is None or y.dtype.is_floating_point or y.dim() != 1:
         raise TypeError("y must be a 1-D tensor of integer class labels")
-    epochs = check_positive_int(epochs, "epochs")
+    loop = LoopOptions(
+        epochs,
+        progress,
+        callback,
+        checkpoint,
+        checkpoint_every,
+        resume,
+        desc="alrao",
+        stop_when_nonfinite=True,
+    )
     n = x.shape[0]
     size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     torch.manual_seed(check_seed(seed))
     network = AlraoNetwork(net, n_copies, freeze_prob=freeze_prob).to(
         device=x.device, dtype=x.dtype
@@ -429,29 +447,23 @@ def fit_alrao(
     if y.numel() and (y.min() < 0 or y.max() >= network.classes):
         raise ValueError(f"y labels must lie in [0, {network.classes})")
     optimizer = Alrao(network, eta_min, eta_max, base=base, seed=seed, **base_options)
-    fit = AlraoFit(network, optimizer)
     order = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    network.train()
-    for epoch in (bar := trange(epochs, disable=not progress, desc="alrao", leave=False)):
+
+    def epoch(e: int) -> float:
         total = 0.0
         for idx in torch.randperm(n, generator=order).to(x.device).split(size):
             step = network.loss(x[idx], y[idx])
             if not torch.isfinite(step.mixture_nll):
-                total = math.inf
-                break
+                return math.inf
             optimizer.zero_grad()
             step.loss.backward()
             optimizer.step()
             network.output.switch.update(step.copy_log_lik)
             total += step.mixture_nll.item() * len(idx) / n
-        fit.history.append(total)
-        bar.set_postfix(loss=f"{total:.4g}", refresh=False)
-        if not math.isfinite(total):
-            fit.diverged = True
-            break
-        if callback is not None and callback(epoch, total):
-            break
+        return total
+
+    network.train()
+    parts = {"network": network, "optimizer": optimizer}
+    run = loop.run(epoch, parts=parts, generators={"order": order})
     network.eval()
-    fit.seconds = time.perf_counter() - start
-    return fit
+    return AlraoFit(network, optimizer, run["history"], run["seconds"], run["diverged"])

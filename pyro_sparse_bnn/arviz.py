@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import arviz as az
 import numpy as np
 
 from .io import atomic_path
+
+if TYPE_CHECKING:
+    import arviz as az
 
 __all__ = [
     "bfmi",
@@ -33,6 +35,13 @@ __all__ = [
 Arrays = Mapping[str, np.ndarray]
 
 
+def _az() -> Any:
+    """ArviZ, imported on first use: it loads xarray, pandas, scipy and matplotlib (about 1.3 s)."""
+    import arviz
+
+    return arviz
+
+
 def to_inference_data(
     *,
     posterior: Arrays,
@@ -46,7 +55,7 @@ def to_inference_data(
 ) -> az.InferenceData:
     """Build ``InferenceData`` from ``(chain, draw, ...)`` arrays; ``extra_groups`` hold arrays
     without chain/draw dims (e.g. pruning masks)."""
-    idata = az.from_dict(
+    idata = _az().from_dict(
         posterior=dict(posterior),
         posterior_predictive=dict(posterior_predictive or {}) or None,
         log_likelihood=dict(log_likelihood or {}) or None,
@@ -57,26 +66,26 @@ def to_inference_data(
     )
     for group, arrays in (extra_groups or {}).items():
         idata.add_groups(
-            {group: az.dict_to_dataset(dict(arrays), coords=coords, dims=dims, default_dims=[])}
+            {group: _az().dict_to_dataset(dict(arrays), coords=coords, dims=dims, default_dims=[])}
         )
     return idata
 
 
 def summary(idata: az.InferenceData, **kwargs: Any) -> Any:
     """``az.summary`` (rank-normalised R-hat, bulk/tail ESS, HDI) as a pandas DataFrame."""
-    return az.summary(idata, **kwargs)
+    return _az().summary(idata, **kwargs)
 
 
 def bfmi(idata: az.InferenceData) -> np.ndarray:
     """Energy Bayesian fraction of missing information per chain (``az.bfmi``; needs the
     ``energy`` sample statistic that NUTS/HMC results carry). Below 0.3 the momentum resampling
     moves the chain too slowly across energy levels."""
-    return np.asarray(az.bfmi(idata))
+    return np.asarray(_az().bfmi(idata))
 
 
 def loo(idata: az.InferenceData, **kwargs: Any) -> Any:
     """Pareto-smoothed importance-sampling LOO (``az.loo``)."""
-    return az.loo(idata, **kwargs)
+    return _az().loo(idata, **kwargs)
 
 
 def psis_log_weights(log_lik: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +103,7 @@ def psis_log_weights(log_lik: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"log_lik must have shape (draws, n), got {log_lik.shape}")
     with warnings.catch_warnings():  # the caller gets k and decides; no warning per call
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
-        lw, k = az.psislw(-log_lik.T)
+        lw, k = _az().psislw(-log_lik.T)
     return np.asarray(lw).T, np.asarray(k)
 
 
@@ -107,7 +116,7 @@ def to_netcdf(idata: az.InferenceData, path: str) -> str:
 
 def from_netcdf(path: str) -> az.InferenceData:
     """Read an ``InferenceData`` written by :func:`to_netcdf`."""
-    return az.from_netcdf(path)
+    return _az().from_netcdf(path)
 
 
 def hdi(draws: np.ndarray, hdi_prob: float = 0.94) -> np.ndarray:
@@ -119,14 +128,14 @@ def hdi(draws: np.ndarray, hdi_prob: float = 0.94) -> np.ndarray:
     draws = np.asarray(draws)
     if draws.ndim < 3:
         raise ValueError(f"draws must have shape (chain, draw, *shape), got {draws.shape}")
-    return az.hdi(draws, hdi_prob=hdi_prob)
+    return _az().hdi(draws, hdi_prob=hdi_prob)
 
 
 def plot_trace(idata: az.InferenceData, **kwargs: Any) -> np.ndarray:
     """``az.plot_trace`` with matplotlib, never shown: the ``(variables, 2)`` array of axes."""
-    return az.plot_trace(idata, backend="matplotlib", show=False, **kwargs)
+    return _az().plot_trace(idata, backend="matplotlib", show=False, **kwargs)
 
 
 def plot_rank(idata: az.InferenceData, **kwargs: Any) -> Any:
     """``az.plot_rank`` with matplotlib, never shown: its axes (one per variable element)."""
-    return az.plot_rank(idata, backend="matplotlib", show=False, **kwargs)
+    return _az().plot_rank(idata, backend="matplotlib", show=False, **kwargs)

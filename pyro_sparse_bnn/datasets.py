@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from sklearn import datasets as sk_datasets
 from torch import Tensor
 
 __all__ = [
@@ -39,11 +38,23 @@ __all__ = [
 
 SPLITS = ("train", "test", "all")
 
+
+def _bundled(name: str, **kwargs: object) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    """Loader of a data set bundled with scikit-learn (imported on first use: it costs ~1 s)."""
+
+    def load_bundled() -> tuple[np.ndarray, np.ndarray]:
+        from sklearn import datasets as sk_datasets
+
+        return getattr(sk_datasets, f"load_{name}")(return_X_y=True, **kwargs)
+
+    return load_bundled
+
+
 _LOADERS: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], bool]] = {
-    "iris": (lambda: sk_datasets.load_iris(return_X_y=True), True),
-    "digits": (lambda: sk_datasets.load_digits(return_X_y=True), True),
-    "breast_cancer": (lambda: sk_datasets.load_breast_cancer(return_X_y=True), True),
-    "diabetes": (lambda: sk_datasets.load_diabetes(return_X_y=True, scaled=False), False),
+    "iris": (_bundled("iris"), True),
+    "digits": (_bundled("digits"), True),
+    "breast_cancer": (_bundled("breast_cancer"), True),
+    "diabetes": (_bundled("diabetes", scaled=False), False),
 }
 DATASETS = tuple(_LOADERS)
 """Names accepted by :func:`load`."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import json
 import math
 import sys
@@ -46,7 +45,6 @@ from . import datasets, likelihoods, priors, sparse_priors
 from .guides import GUIDES
 from .infer.fit import METHODS
 from .infer.result import FitResult
-from .infer.sgmcmc_fit import SGMCMC_METHODS, fit_sgmcmc
 from .io import atomic_path
 from .nn import SparseBNN, mlp
 
@@ -236,8 +234,7 @@ def _prior_args(items: list[str]) -> dict[str, float]:
 
 def _method_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line, for ``method``; one it does not take is an error."""
-    function = fit_sgmcmc if method in SGMCMC_METHODS else METHODS[method]
-    accepted = inspect.signature(function).parameters
+    accepted = METHODS[method].options()
     given = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,

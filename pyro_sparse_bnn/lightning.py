@@ -48,9 +48,10 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from .guides import draw
+from .infer.loop import LR_SCHEDULES, kl_weight
 from .infer.result import FitResult
 from .infer.streaming import _num_data, prepare_svi, svi_loss
-from .infer.svi import ELBOS, LR_SCHEDULES, check_svi_options, kl_weight
+from .infer.svi import ELBOS, check_svi_options
 from .isolation import isolated, local_params
 from .validation import check_positive_int
 

@@ -32,6 +32,8 @@ __all__ = [
 
 SNR_THRESHOLD = 1.0
 ARD_THRESHOLD = 1e-4  # learned prior variance 1/psi: scikit-learn ARDRegression prunes psi > 1e4
+MAX_NLL_INCREASE = 0.02  # nats per row the default pruning may cost
+MAX_ACCURACY_DROP = 0.01  # and accuracy, for a classifier
 
 
 def moments(draws: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,8 +94,8 @@ def budget_masks(
     scores: Mapping[str, Tensor],
     losses: Callable[[dict[str, Tensor] | None], Mapping[str, Tensor]],
     *,
-    max_nll_increase: float = 0.02,
-    max_accuracy_drop: float = 0.01,
+    max_nll_increase: float = MAX_NLL_INCREASE,
+    max_accuracy_drop: float = MAX_ACCURACY_DROP,
 ) -> dict[str, Tensor]:
     """The sparsest keep-masks, in the order of ``scores``, whose predictions stay within budget.
 

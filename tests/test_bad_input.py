@@ -7,7 +7,7 @@ method options, priors and ``SparseBNN``, ``FitResult`` methods, datasets and th
 
 from __future__ import annotations
 
-import doctest
+import difflib
 import re
 import subprocess
 import sys
@@ -20,7 +20,6 @@ import pytest
 import torch
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn import validation
 from pyro_sparse_bnn.cli import main
 from pyro_sparse_bnn.infer.fit import METHODS
 
@@ -55,7 +54,7 @@ def _with(t: torch.Tensor, row: int, value: float) -> torch.Tensor:
 BUDGET = {m: {"epochs": 2} for m in ("svi", "vadam", "l1", "l0")} | {
     m: {"num_samples": 2, "warmup": 2, "num_chains": 1} for m in ("nuts", "hmc")
 }
-SG_BUDGET = {"num_draws": 2, "burn_in": 2, "num_chains": 1}
+SG_BUDGET = {"num_samples": 2, "warmup": 2, "num_chains": 1}
 
 
 def _run_fit(
@@ -137,7 +136,7 @@ OPTION_CASES = [
     case("svi-no-checkpoint", "svi", {"lr": -1.0, "checkpoint": "ck.pt"}, ValueError, "lr"),
     case("vadam-variant", "vadam", {"ard": True, "variant": "gamma2"}, ValueError, "variant"),
     case("vadam-precision", "vadam", {"prior_precision": 0.0}, ValueError, "prior_precision"),
-    case("vadam-mc-samples", "vadam", {"num_samples": 0}, ValueError, "num_samples"),
+    case("vadam-mc-samples", "vadam", {"num_particles": 0}, ValueError, "num_particles"),
     case(
         "vadam-variant-no-ard",
         "vadam",
@@ -158,7 +157,7 @@ OPTION_CASES = [
     case("l0-gate-lr", "l0", {"gate_lr": 0.0}, ValueError, "gate_lr"),
     case("l0-draws", "l0", {"num_posterior_samples": -1}, ValueError, "num_posterior_samples"),
     case("sgld-thin", "sgld", {"thin": 0}, ValueError, "thin"),
-    case("sgld-burn-in", "sgld", {"burn_in": -1}, ValueError, "burn_in"),
+    case("sgld-burn-in", "sgld", {"warmup": -1}, ValueError, "warmup"),
     case("sgld-chains", "sgld", {"num_chains": 0}, ValueError, "num_chains"),
     case("sgld-sa-conflict", "sgld", {"sa": "sa"}, ValueError, r"fixes \['sa'\]"),
     case("sghmc-friction", "sghmc", {"friction": 0.0}, ValueError, "friction"),
@@ -167,9 +166,9 @@ OPTION_CASES = [
     case(
         "sgld_sa-inclusion-no-burn-in",
         "sgld_sa",
-        {"pruning": "inclusion", "burn_in": 0},
+        {"pruning": "inclusion", "warmup": 0},
         ValueError,
-        "burn_in",
+        "warmup",
     ),
     case(
         "sghmc_sa-threshold",
@@ -180,7 +179,7 @@ OPTION_CASES = [
     ),
     case("sgld_em-noise-site-type", "sgld_em", {"noise_site": 3}, TypeError, "noise_site"),
     case("sghmc_em-prior-conflict", "sghmc_em", {"prior": "model"}, ValueError, r"\['prior'\]"),
-    case("nuts-kernel-conflict", "nuts", {"kernel": "hmc"}, TypeError, "kernel"),
+    case("nuts-kernel-conflict", "nuts", {"kernel": "hmc"}, ValueError, r"fixes \[.kernel.\]"),
     case("nuts-float-depth", "nuts", {"max_tree_depth": 2.5}, TypeError, "max_tree_depth"),
     case("nuts-init-options-type", "nuts", {"init_options": "fast"}, TypeError, "init_options"),
     case(
@@ -233,6 +232,48 @@ OPTION_CASES = [
 @pytest.mark.parametrize(("method", "options", "error", "match"), OPTION_CASES)
 def test_bad_option(method, options, error, match, tmp_path, monkeypatch):
     _run_fit(classifier, (X, Y), method, options, error, match, tmp_path, monkeypatch)
+
+
+MISSPELT = {"svi": "epoch", "vadam": "num_sample", "l0": "lambda_", "l1": "thresold"}
+MISSPELT |= {m: "burnin" for m in METHODS if m.startswith("sg")}
+MISSPELT |= {"nuts": "num_sample", "hmc": "warm_up"}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_misspelt_option_names_the_method_and_the_closest_valid_ones(
+    method, tmp_path, monkeypatch
+):
+    """Every method answers an unknown keyword with the option it probably meant."""
+    meant = difflib.get_close_matches(MISSPELT[method], METHODS[method].options(), n=1)
+    assert meant, f"the table's misspelling for {method} is too far from any option"
+    match = rf"fit\(method='{method}'\) got an unknown option '{MISSPELT[method]}'; did you mean "
+    _run_fit(
+        classifier,
+        (X, Y),
+        method,
+        {MISSPELT[method]: 1},
+        TypeError,
+        match + repr(meant[0]),
+        tmp_path,
+        monkeypatch,
+    )
+
+
+SYNONYMS = {"num_draws", "burn_in", "burnin", "num_warmup", "n_samples", "mc_samples", "n_chains"}
+
+
+def test_one_name_per_idea_across_methods():
+    """docs/architecture.md's vocabulary: no method takes a synonym of another's option."""
+    for name, method in METHODS.items():
+        assert not SYNONYMS & set(method.options()), name
+
+
+def test_help_of_fit_names_every_method_and_its_function():
+    text = psb.fit.__doc__
+    for name, method in METHODS.items():
+        assert f'``"{name}"``' in text, name
+        assert f"infer.{method.function.__name__}`" in text, name
+        assert getattr(psb.infer, method.function.__name__) is method.function
 
 
 def _gaussian_learned_noise() -> psb.SparseBNN:
@@ -601,11 +642,6 @@ def test_the_tables_hold_at_least_30_distinct_cases_beyond_the_data_grid():
     tables = OPTION_CASES + LATE_CASES + CONSTRUCTION_CASES + RESULT_CASES + DATASET_CASES
     ids = [c.id for c in tables + CLI_CASES]
     assert len(ids) == len(set(ids)) >= 30
-
-
-def test_validation_helpers_doctests():
-    """``check_seed``/``check_bool`` (the seed and flag checks of the fits) work as documented."""
-    assert doctest.testmod(validation).failed == 0
 
 
 def test_extra_feature_dims_are_rejected_up_front():

@@ -1,4 +1,3 @@
-import doctest
 import gzip
 import hashlib
 from pathlib import Path
@@ -7,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_sparse_bnn import datasets
 from pyro_sparse_bnn.datasets import (
     large_p_small_n,
     load,
@@ -26,10 +24,6 @@ SIZES = {
     "diabetes": (442, 10, 111),
 }
 CLASSIFICATION = ["iris", "digits", "breast_cancer"]
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(datasets).failed == 0
 
 
 @pytest.mark.parametrize("name", list(SIZES))

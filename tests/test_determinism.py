@@ -19,7 +19,7 @@ X_ALL, Y_ALL = psb.datasets.load("iris", split="train")
 X, Y = X_ALL[:30], Y_ALL[:30]
 
 _SHORT = {"epochs": 4, "batch_size": 10}
-_SGMCMC = {"num_draws": 8, "burn_in": 8, "num_chains": 2, "batch_size": 10}
+_SGMCMC = {"num_samples": 8, "warmup": 8, "num_chains": 2, "batch_size": 10}
 _MCMC = {"num_samples": 8, "warmup": 8, "num_chains": 2}
 OPTIONS: dict[str, dict[str, Any]] = {
     "svi": _SHORT | {"num_posterior_samples": 8},

@@ -1,7 +1,6 @@
 """``psbnn fit``: data from .npz/.csv/IDX files, the written result, metrics and plots, one-line
 usage errors, and the Lightning DDP path."""
 
-import doctest
 import gzip
 import json
 import subprocess
@@ -162,9 +161,3 @@ def test_devices_2_ddp_trains_two_processes_and_writes_once(tmp_path):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["n_train"] == 30
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "result.pt"]
-
-
-def test_docstring_examples_run():
-    from pyro_sparse_bnn import fit_command
-
-    assert doctest.testmod(fit_command).failed == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -153,7 +151,3 @@ def test_lrt_step_loses_a_third_of_its_weight_sized_passes() -> None:
     graph = next(iter(step._graphs.values()))
     assert graph is not None  # None: it did not match the eager step
     assert passes(graph) <= 20
-
-
-def test_docstring_examples_run() -> None:
-    assert doctest.testmod(graph_simplify, raise_on_error=True).failed == 0

@@ -3,7 +3,6 @@ torch / NumPy / ``random`` generators are after any call what they would have be
 
 from __future__ import annotations
 
-import doctest
 import random
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn import isolation
 
 X, Y = psb.datasets.load("iris")
 
@@ -61,6 +59,22 @@ def test_a_plain_pyro_script_gives_the_same_results_with_and_without_the_import(
     assert run_script("import pyro_sparse_bnn.metrics") == plain
 
 
+HEAVY_LIBRARIES = ("arviz", "xarray", "pandas", "scipy", "matplotlib", "seaborn", "sklearn")
+
+
+def test_importing_the_package_loads_no_heavy_library_until_used():
+    """ArviZ, plotting and scikit-learn load on first use (benchmarks/import_time.py times it)."""
+    probe = (
+        "import sys, pyro_sparse_bnn as psb\n"
+        f"print(*[m for m in {HEAVY_LIBRARIES!r} if m in sys.modules], sep=',')\n"
+        "psb.datasets.load('iris', 'train'), psb.plots.plot_relevance_heatmap\n"
+        f"print(*[m for m in {HEAVY_LIBRARIES!r} if m in sys.modules], sep=',')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    at_import, after_use = done.stdout.split("\n")[:2]
+    assert at_import == "" and {"matplotlib", "seaborn", "sklearn"} <= set(after_use.split(","))
+
+
 def global_draws() -> tuple[float, float, float]:
     return float(torch.rand(())), float(np.random.rand()), random.random()
 
@@ -84,7 +98,7 @@ CALLS = {
     "fit_l1": lambda m: psb.fit(m, X, Y, method="l1", epochs=3, progress=False),
     "fit_vadam": lambda m: psb.fit(m, X, Y, method="vadam", epochs=2, progress=False),
     "fit_sgld": lambda m: psb.fit(
-        m, X, Y, method="sgld", num_draws=5, burn_in=5, num_chains=2, progress=False
+        m, X, Y, method="sgld", num_samples=5, warmup=5, num_chains=2, progress=False
     ),
 }
 
@@ -139,7 +153,3 @@ def test_the_toolkits_guides_own_their_parameters_when_the_user_calls_them(bnn):
     fit.guide(X, Y)
     fit.model(X, Y)
     assert len(pyro.get_param_store().keys()) == 0
-
-
-def test_isolation_doctests():
-    assert doctest.testmod(isolation).failed == 0

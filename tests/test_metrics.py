@@ -1,10 +1,7 @@
-import doctest
-
 import numpy as np
 import pytest
 import torch
 
-from pyro_sparse_bnn import metrics
 from pyro_sparse_bnn.metrics import (
     accuracy,
     brier_score,
@@ -23,10 +20,6 @@ from pyro_sparse_bnn.metrics import (
 # Three examples, two classes: predictions 0, 1, 1 against labels 0, 0, 1.
 PROBS = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8]])
 Y = torch.tensor([0, 0, 1])
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(metrics).failed == 0
 
 
 def test_accuracy_hand_value():

@@ -4,7 +4,6 @@ The fixture is a ``FitResult`` of a small hand-written model whose draws are bui
 weight's posterior mean, sd and hence relevance ``|mean| / sd`` is known exactly.
 """
 
-import doctest
 import json
 
 import matplotlib.pyplot as plt
@@ -271,7 +270,3 @@ def test_inference_data_without_relevance_is_refused():
     bare = psb.arviz.to_inference_data(posterior={"w": np.zeros((1, 5, 2))})
     with pytest.raises(ValueError, match="relevance"):
         plots.plot_relevance_heatmap(bare)
-
-
-def test_docstring_examples():
-    assert doctest.testmod(plots).failed == 0

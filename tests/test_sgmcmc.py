@@ -85,8 +85,8 @@ def test_full_batch_sgld_matches_unadjusted_langevin_stationary_law(temperature)
         SGLD(eps, temperature=temperature),
         torch.zeros(chains, 3, dtype=DTYPE),
         lambda w, gen: b - w @ a,
-        num_draws=2500,
-        burn_in=500,
+        num_samples=2500,
+        warmup=500,
         generator=torch.Generator().manual_seed(1),
     )
     assert draws.shape == (chains, 2500, 3) and draws.dtype == DTYPE
@@ -128,8 +128,8 @@ def test_small_step_sgld_approximates_conjugate_posterior(preconditioned):
         integrator,
         torch.zeros(100, 5, dtype=DTYPE),
         estimate,
-        num_draws=1000,
-        burn_in=burn_in,
+        num_samples=1000,
+        warmup=burn_in,
         thin=2,
         generator=torch.Generator().manual_seed(3),
     )
@@ -178,8 +178,8 @@ def test_minibatch_variance_inflation_shrinks_with_step_size():
             SGLD(eps),
             mean.expand(200, 3).clone(),
             estimate,
-            num_draws=steps,
-            burn_in=300,
+            num_samples=steps,
+            warmup=300,
             generator=torch.Generator().manual_seed(6),
         )
         observed = torch.diagonal(_pooled_cov(draws) @ a).mean().item()
@@ -200,8 +200,8 @@ def test_full_batch_sghmc_stationary_variance():
         SGHMC(eta, friction=friction),
         torch.zeros(200, 3, dtype=DTYPE),
         lambda w, gen: b - w @ a,
-        num_draws=3000,
-        burn_in=1000,
+        num_samples=3000,
+        warmup=1000,
         generator=torch.Generator().manual_seed(8),
     )
     # Exact law of the discretised chain: z = (w, v), v' = (1 - alpha) v - eta A w + noise,
@@ -237,7 +237,7 @@ def test_sghmc_with_unit_friction_is_sgld():
             integrator,
             torch.ones(4, 2, dtype=DTYPE),
             lambda w, gen: -w @ a,
-            num_draws=20,
+            num_samples=20,
             generator=torch.Generator().manual_seed(9),
         )
         for integrator in (SGLD(0.1), SGHMC(0.1, friction=1.0))
@@ -257,8 +257,8 @@ def test_sampler_loop_bookkeeping_dtype_and_lists():
         SGLD(0.01),
         init,
         lambda ps, gen: [torch.ones_like(p) for p in ps],
-        num_draws=4,
-        burn_in=3,
+        num_samples=4,
+        warmup=3,
         thin=2,
         generator=torch.Generator().manual_seed(0),
         hook=hook,
@@ -415,8 +415,8 @@ def test_sgld_sa_large_p_small_n_regression():
         SGLD(SSGL_STEP_SIZE),
         w0,
         MinibatchGradient(log_likelihood, (x, y), grad_log_prior=prior.grad_log_prior),
-        num_draws=1500,
-        burn_in=500,
+        num_samples=1500,
+        warmup=500,
         generator=gen,
         hook=prior.sa_hook(SSGL_SA_WEIGHTS, rss=rss, num_data=n),
     )

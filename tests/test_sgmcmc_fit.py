@@ -65,7 +65,7 @@ def test_sgld_on_a_pyro_model_matches_the_conjugate_posterior():
     x, y, precision, mean = _conjugate_regression()
     eps = 0.05 / torch.linalg.eigvalsh(precision).max().item()  # variance bias <= 2.5 %
     fit = psb.fit(
-        linear_model, x, y, method="sgld", step_size=eps, num_draws=1000, burn_in=300,
+        linear_model, x, y, method="sgld", step_size=eps, num_samples=1000, warmup=300,
         num_chains=20, progress=False, init={"w": torch.zeros(3, dtype=DT)},
     )  # fmt: skip
     assert fit.method == "sgld" and fit.info["vectorised"] and fit.info["compiled"]
@@ -101,8 +101,8 @@ def test_positive_scale_sites_are_sampled_in_the_unconstrained_space():
     s2_mean, s2_var = b / (a - 1), b**2 / ((a - 1) ** 2 * (a - 2))
     mu_var = b / (kappa * (a - 1))
     fit = psb.fit(
-        normal_inverse_gamma_model, x, y, method="sgld", step_size=2e-3, num_draws=1000,
-        burn_in=300, num_chains=20, progress=False,
+        normal_inverse_gamma_model, x, y, method="sgld", step_size=2e-3, num_samples=1000,
+        warmup=300, num_chains=20, progress=False,
     )  # fmt: skip
     s2, mu = fit.samples["s2"].flatten(), fit.samples["mu"].flatten()
     assert s2.mean().item() == pytest.approx(s2_mean.item(), rel=0.05)
@@ -135,7 +135,7 @@ def test_sgld_sa_large_p_small_n_puts_the_two_strong_signals_on_top():
     data = psb.datasets.large_p_small_n(seed=0)
     fit = psb.fit(
         ssgl_linear_model, data.X_train, data.y_train, method="sgld_sa",
-        step_size=PolynomialDecay(1e-3, power=1 / 3), num_draws=1500, burn_in=1500,
+        step_size=PolynomialDecay(1e-3, power=1 / 3), num_samples=1500, warmup=1500,
         num_chains=4, progress=False, init={"w": torch.zeros(1000)},
     )  # fmt: skip
     assert fit.info["noise_site"] == "noise" and fit.info["compiled"]
@@ -158,7 +158,7 @@ def test_sghmc_sparse_bnn_iris_end_to_end():
     X_test, y_test = psb.datasets.load("iris", split="test")
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
     fit = psb.fit(
-        bnn, X, y, method="sghmc", step_size=1e-4, num_draws=60, burn_in=200, thin=2,
+        bnn, X, y, method="sghmc", step_size=1e-4, num_samples=60, warmup=200, thin=2,
         num_chains=2, batch_size=56, progress=False,
     )  # fmt: skip
     assert fit.method == "sghmc" and fit.info["point_parameters"] == 2  # the two plain biases
@@ -182,7 +182,7 @@ def test_traced_gradient_reproduces_eager_sampling():
     X, y = psb.datasets.load("iris")
     prior, likelihood = psb.priors.Laplace(), psb.likelihoods.Categorical()
     bnn = psb.SparseBNN(psb.mlp([4, 3]), prior, likelihood, bias_prior=psb.priors.Normal())
-    options = {"step_size": 2e-4, "num_draws": 30, "burn_in": 20, "num_chains": 3}
+    options = {"step_size": 2e-4, "num_samples": 30, "warmup": 20, "num_chains": 3}
     runs = [
         fit_sgmcmc(bnn, X, y, progress=False, compile=compiled, **options)
         for compiled in (False, True)
@@ -207,7 +207,7 @@ def test_models_that_cannot_be_vmapped_or_traced_run_chain_by_chain():
     eps = 0.05 / torch.linalg.eigvalsh(precision).max().item()
     with pytest.warns(UserWarning, match="running eagerly"):
         fit = psb.fit(
-            branching_model, x, y, method="sgld", step_size=eps, num_draws=200, burn_in=100,
+            branching_model, x, y, method="sgld", step_size=eps, num_samples=200, warmup=100,
             num_chains=3, progress=False,
         )  # fmt: skip
     assert not fit.info["vectorised"] and not fit.info["compiled"]
@@ -222,7 +222,7 @@ def test_inclusion_pruning_is_a_consensus_of_the_chains():
     data = psb.datasets.large_p_small_n(n_train=80, n_test=10, p=200, noise_var=2.0, seed=3)
     fit = psb.fit(
         ssgl_linear_model, data.X_train, data.y_train, method="sgld_sa",
-        step_size=PolynomialDecay(1e-3, power=1 / 3), num_draws=100, burn_in=1500,
+        step_size=PolynomialDecay(1e-3, power=1 / 3), num_samples=100, warmup=1500,
         num_chains=4, pruning="inclusion", progress=False, init={"w": torch.zeros(200)},
     )  # fmt: skip
     masks = fit.info["pruning_masks"]["w"]
@@ -247,7 +247,7 @@ def test_inclusion_pruning_keeps_weights_whose_exclusion_is_undecided():
     X, y = psb.datasets.load("breast_cancer")
     X_test, y_test = psb.datasets.load("breast_cancer", split="test")
     options = dict(
-        step_size=PolynomialDecay(0.1 / X.shape[0], power=1 / 3), num_draws=50, burn_in=1000,
+        step_size=PolynomialDecay(0.1 / X.shape[0], power=1 / 3), num_samples=50, warmup=1000,
         thin=5, num_chains=4, init={"w": torch.zeros(30)}, progress=False,
     )  # fmt: skip
     full = psb.fit(ssgl_logistic_model, X, y, method="sgld_sa", **options)
@@ -268,7 +268,7 @@ def test_sghmc_sa_magnitude_pruning_reaches_the_target_sparsity():
     X, y = psb.datasets.load("iris")
     bnn = psb.SparseBNN(psb.mlp([4, 16, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
     fit = psb.fit(
-        bnn, X, y, method="sghmc_sa", step_size=1e-4, num_draws=50, burn_in=200, num_chains=2,
+        bnn, X, y, method="sghmc_sa", step_size=1e-4, num_samples=50, warmup=200, num_chains=2,
         pruning="magnitude", sparsity=0.8, prune_every=5, progress=False,
     )  # fmt: skip
     # The rate reaches 99 % of the target at the end of burn-in: per layer and chain,
@@ -306,7 +306,7 @@ class _CountingModel:
         ({"sa": "sa"}, "prior='ssgl'"),
         ({"friction": 0.5}, "friction"),
         ({"sampler": "sghmc", "friction": 1.5}, "friction"),
-        ({"num_draws": 0}, "num_draws"),
+        ({"num_samples": 0}, "num_samples"),
         ({"step_size": -1.0}, "step_size"),
         ({"temperature": 0.0}, "temperature"),
         ({"preconditioner": "adam"}, "preconditioner"),

@@ -1,8 +1,6 @@
 """SVI from a DataLoader: the same optimisation as ``fit_svi``, the true ``N / M`` scaling, data
 sets without a length, exact resume and clear errors."""
 
-import doctest
-
 import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler, TensorDataset
@@ -163,9 +161,3 @@ def test_resume_continues_exactly(tmp_path):
 def test_bad_input_fails_before_training(loader, options, error, match):
     with pytest.raises(error, match=match):
         fit_svi_loader(classifier(), loader, progress=False, **options)
-
-
-def test_docstring_examples_run():
-    from pyro_sparse_bnn.infer import streaming
-
-    assert doctest.testmod(streaming).failed == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import os
 import shutil
 
@@ -247,10 +246,6 @@ def test_bad_traced_flag_is_rejected(iris) -> None:
         psb.fit(bnn, *iris, method="svi", epochs=1, traced="yes", progress=False)
     with pytest.raises(TypeError, match="traced must be a bool or 'compiled', got 1"):
         psb.fit(bnn, *iris, method="svi", epochs=1, traced=1, progress=False)
-
-
-def test_docstring_examples_run() -> None:
-    assert doctest.testmod(traced_elbo, raise_on_error=True).failed == 0
 
 
 def test_conv_net_with_max_pool_traces(recwarn) -> None:

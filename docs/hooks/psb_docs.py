@@ -203,11 +203,13 @@ def benchmark_tables(results: Path = ROOT / "benchmarks" / "results") -> str:
 
 def _registry_table(registry: dict, kind: str) -> str:
     lines = [f"| {kind} | function | summary |", "|---|---|---|"]
-    for name, function in registry.items():
+    for name, entry in registry.items():
+        function = getattr(entry, "function", entry)  # a ``METHODS`` record or a function
+        fixed = ", ".join(f"{k}={v!r}" for k, v in getattr(entry, "fixed", {}).items())
         doc = inspect.getdoc(function) or ""
         summary = to_markdown(doc.split("\n\n")[0]).replace("\n", " ")
         name_in_module = "" if "<locals>" in function.__qualname__ else f".{function.__qualname__}"
-        where = f"`{function.__module__}{name_in_module}`"
+        where = f"`{function.__module__}{name_in_module}({fixed})`"
         lines.append(f"| `{name}` | {where} | {_cell(summary)} |")
     return "\n".join(lines)
 

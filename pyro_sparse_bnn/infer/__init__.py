@@ -1,1 +1,31 @@
-"""Inference methods; each returns a :class:`~pyro_sparse_bnn.infer.result.FitResult`."""
+"""Inference methods; each returns a :class:`~pyro_sparse_bnn.infer.result.FitResult`.
+
+:func:`~pyro_sparse_bnn.fit` dispatches to them by name (``METHODS``); call one directly for its
+own signature and help.
+
+>>> from pyro_sparse_bnn import infer
+>>> infer.METHODS["nuts"].function is infer.fit_mcmc, infer.METHODS["nuts"].fixed
+(True, {'kernel': 'nuts'})
+"""
+
+from .fit import METHODS, Method
+from .mcmc import fit_mcmc
+from .penalized import fit_l0, fit_l1
+from .result import FitResult
+from .sgmcmc_fit import fit_sgmcmc
+from .streaming import fit_svi_loader
+from .svi import fit_svi
+from .vadam_fit import fit_vadam
+
+__all__ = [
+    "METHODS",
+    "FitResult",
+    "Method",
+    "fit_l0",
+    "fit_l1",
+    "fit_mcmc",
+    "fit_sgmcmc",
+    "fit_svi",
+    "fit_svi_loader",
+    "fit_vadam",
+]

@@ -2,28 +2,80 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import difflib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
 from ..isolation import isolated
-from .mcmc import MCMC_METHODS
+from .fast_nuts import KERNELS
+from .mcmc import fit_mcmc
 from .penalized import fit_l0, fit_l1
 from .result import FitResult
-from .sgmcmc_fit import SGMCMC_METHODS
+from .sgmcmc_fit import SGMCMC_METHODS, fit_sgmcmc
 from .svi import fit_svi
 from .vadam_fit import fit_vadam
 
-__all__ = ["METHODS", "fit"]
+__all__ = ["METHODS", "Method", "fit"]
 
-METHODS: dict[str, Callable[..., FitResult]] = {
-    "svi": fit_svi,
-    "vadam": fit_vadam,
-    "l0": fit_l0,
-    "l1": fit_l1,
-    **SGMCMC_METHODS,
-    **MCMC_METHODS,
+
+class Method(NamedTuple):
+    """A ``fit`` method: its name, the public function that runs it and the options it fixes.
+
+    >>> METHODS["sgld_sa"].fixed
+    {'sampler': 'sgld', 'prior': 'ssgl', 'sa': 'sa'}
+    >>> "num_samples" in METHODS["nuts"].options(), "kernel" in METHODS["nuts"].options()
+    (True, False)
+    """
+
+    name: str
+    function: Callable[..., FitResult]
+    fixed: Mapping[str, Any] = {}
+
+    def options(self) -> list[str]:
+        """The keyword options ``fit`` passes on: ``function``'s, less the fixed ones."""
+        parameters = inspect.signature(self.function).parameters.values()
+        return [
+            p.name
+            for p in parameters
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in self.fixed
+        ]
+
+    def check(self, options: Mapping[str, Any]) -> None:
+        """Reject options the method fixes (ValueError) or does not know (TypeError)."""
+        clash = sorted(set(options) & set(self.fixed))
+        if clash:
+            raise ValueError(
+                f"method {self.name!r} fixes {clash} ({dict(self.fixed)}); call "
+                f"{self.function.__name__} to choose them"
+            )
+        valid = self.options()
+        for option in options:
+            if option not in valid:
+                close = difflib.get_close_matches(option, valid, n=3, cutoff=0.6)
+                hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+                raise TypeError(
+                    f"fit(method={self.name!r}) got an unknown option {option!r}; {hint}"
+                    f"the options of {self.function.__name__} are {valid}"
+                )
+
+    def __call__(self, model: Callable, X: Tensor, y: Tensor, **options: Any) -> FitResult:
+        self.check(options)
+        return self.function(model, X, y, **self.fixed, **options)
+
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in [
+        Method("svi", fit_svi),
+        Method("vadam", fit_vadam),
+        Method("l0", fit_l0),
+        Method("l1", fit_l1),
+        *[Method(name, fit_sgmcmc, fixed) for name, fixed in SGMCMC_METHODS.items()],
+        *[Method(kernel, fit_mcmc, {"kernel": kernel}) for kernel in KERNELS],
+    ]
 }
 
 
@@ -31,7 +83,21 @@ METHODS: dict[str, Callable[..., FitResult]] = {
 def fit(model: Callable, X: Tensor, y: Tensor, *, method: str = "svi", **options: Any) -> FitResult:
     """Fit a :class:`~pyro_sparse_bnn.SparseBNN` or any Pyro model ``model(x, y=None)``.
 
-    ``method`` picks the inference method; ``options`` go to it (see :func:`fit_svi`).
+    ``method`` picks the inference method; ``options`` are the keyword options of the function
+    that runs it (``help`` of that function lists them; ``METHODS[method].options()`` names them):
+
+    - ``"svi"``: :func:`~pyro_sparse_bnn.infer.fit_svi`, stochastic variational inference
+      (mean-field, SparseVD, local reparameterisation, MAP guides).
+    - ``"vadam"``: :func:`~pyro_sparse_bnn.infer.fit_vadam`, VADAM / VOGN natural-gradient
+      variational steps, VADAM-ARD with ``ard=True``.
+    - ``"l1"``, ``"l0"``: :func:`~pyro_sparse_bnn.infer.fit_l1`,
+      :func:`~pyro_sparse_bnn.infer.fit_l0`, penalised point estimates (the baselines).
+    - ``"nuts"``, ``"hmc"``: :func:`~pyro_sparse_bnn.infer.fit_mcmc` with that ``kernel``.
+    - ``"sgld"``, ``"sghmc"``: :func:`~pyro_sparse_bnn.infer.fit_sgmcmc` under the model's prior;
+      ``"sgld_sa"``, ``"sghmc_sa"``, ``"sgld_em"``, ``"sghmc_em"``: the same samplers under the
+      spike-and-slab group lasso prior adapted by stochastic approximation or EM.
+
+    A keyword the method does not take raises a TypeError naming the closest valid ones.
 
     >>> import pyro_sparse_bnn as psb
     >>> X, y = psb.datasets.load("iris")
@@ -39,6 +105,9 @@ def fit(model: Callable, X: Tensor, y: Tensor, *, method: str = "svi", **options
     >>> result = psb.fit(bnn, X, y, epochs=5, progress=False)
     >>> result.method
     'svi'
+    >>> psb.fit(bnn, X, y, method="nuts", num_sample=10)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: fit(method='nuts') got an unknown option 'num_sample'; did you mean 'num_samples' ...
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")

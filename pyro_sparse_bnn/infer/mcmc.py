@@ -52,7 +52,7 @@ from .potential import FlatPotential, check_latent_sites, latent_nodes
 from .result import FitResult
 from .svi import fit_svi
 
-__all__ = ["BACKENDS", "INITS", "MCMC_METHODS", "fit_mcmc"]
+__all__ = ["BACKENDS", "INITS", "fit_mcmc"]
 
 BACKENDS = ("fast", "pyro")
 INITS = ("median", "uniform", "svi")
@@ -413,14 +413,3 @@ def fit_mcmc(
     info["seconds"] = time.perf_counter() - start
     info["divergences"] = int(stats["diverging"].sum()) if "diverging" in stats else 0
     return FitResult(model, samples, method=kernel, x=x, y=y, info=info, sample_stats=stats)
-
-
-def _method(kernel: str) -> Callable[..., FitResult]:
-    def fit(model: Callable, X: Tensor, y: Tensor, **options: Any) -> FitResult:
-        return fit_mcmc(model, X, y, kernel=kernel, **options)
-
-    fit.__doc__ = f"``fit_mcmc`` with ``kernel={kernel!r}``."
-    return fit
-
-
-MCMC_METHODS: dict[str, Callable[..., FitResult]] = {k: _method(k) for k in KERNELS}

@@ -25,14 +25,13 @@ placeholder ``Normal`` prior:
 from __future__ import annotations
 
 import copy
-import time
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyro
 import torch
 from torch import Tensor, nn
-from tqdm.auto import trange
 
 from ..baselines import magnitude_prune
 from ..gates import L0Network
@@ -43,18 +42,10 @@ from ..penalties import Penalty, glorot_penalties, total_penalty
 from ..priors import Normal
 from ..prune import gate_masks
 from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from .loop import LR_SCHEDULES, LoopOptions, check_step, lr_scheduler
 from .result import FitResult
 
 __all__ = ["fit_l0", "fit_l1"]
-
-LR_SCHEDULES = ("constant", "linear_decay")
-
-
-def _lr_factor(schedule: str, epochs: int, epoch: int) -> float:
-    """Constant, or constant for the first half then linearly to 0 (the SparseVD recipe)."""
-    if schedule == "constant":
-        return 1.0
-    return min(1.0, max(0.0, (epochs - epoch) / (epochs / 2)))
 
 
 def _trainable_net(model: Any) -> nn.Module:
@@ -79,7 +70,6 @@ def _check_common(
     model: Any,
     X: Any,
     y: Any,
-    epochs: int,
     batch_size: int | None,
     lr: float,
     schedule: str,
@@ -89,9 +79,8 @@ def _check_common(
     check_seed(seed)
     if y is None:
         raise ValueError("y is required for fitting")
-    check_positive_int(epochs, "epochs")
     check_positive(lr, "lr")
-    check_choice(schedule, "lr_schedule", LR_SCHEDULES)
+    check_choice(schedule, "lr_schedule", tuple(LR_SCHEDULES))
     n = x.shape[0]
     size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
     return x, y, size
@@ -104,51 +93,42 @@ def _train(
     x: Tensor,
     y: Tensor,
     *,
-    epochs: int,
+    loop: LoopOptions,
     batch_size: int,
     lr: float,
     lr_schedule: str,
     seed: int,
-    progress: bool,
-    callback: Callable[[int, float], bool | None] | None,
     after_step: Callable[[], None] | None = None,
     groups: list[dict] | None = None,
-    desc: str = "train",
 ) -> dict[str, Any]:
-    """Adam on ``nll(module(xb), yb) + penalty()`` over shuffled minibatches.
+    """Adam on ``nll(module(xb), yb) + penalty()`` over shuffled minibatches, run by ``loop``.
 
     ``groups`` (optional) are Adam parameter groups; by default all of ``module``'s parameters.
     """
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     optimizer = torch.optim.Adam(groups or module.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: _lr_factor(lr_schedule, epochs, epoch)
-    )
+    scheduler = lr_scheduler(optimizer, lr_schedule, loop.epochs)
     order = torch.Generator().manual_seed(seed)
     n = x.shape[0]
-    history: list[float] = []
-    start = time.perf_counter()
-    module.train()
-    for epoch in (bar := trange(epochs, disable=not progress, desc=desc, leave=False)):
+
+    def epoch(e: int) -> float:
         total = 0.0
         for idx in torch.randperm(n, generator=order).to(x.device).split(batch_size):
             optimizer.zero_grad()
             loss = nll(module(x[idx]), y[idx]) + penalty()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch}")
+            check_step(loss, [], e)
             loss.backward()
             optimizer.step()
             if after_step is not None:
                 after_step()
             total += loss.item() * len(idx) / n
         scheduler.step()
-        history.append(total)
-        bar.set_postfix(loss=f"{total:.4g}", refresh=False)
-        if callback is not None and callback(epoch, total):
-            break
+        return total
+
+    module.train()
+    parts = {"module": module, "optimizer": optimizer, "scheduler": scheduler}
+    info = loop.run(epoch, parts=parts, generators={"order": order})
     module.eval()
-    return {"history": history, "seconds": time.perf_counter() - start, "epochs_run": len(history)}
+    return info
 
 
 def _nll(model: SparseBNN) -> Callable[[Tensor, Tensor], Tensor]:
@@ -203,6 +183,9 @@ def fit_l1(
     seed: int = 0,
     progress: bool = True,
     callback: Callable[[int, float], bool | None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    resume: str | os.PathLike | None = None,
 ) -> FitResult:
     """Train with ``mean NLL + sum_l l1_l * sum |w_l|``, then zero weights with ``|w| < threshold``.
 
@@ -212,9 +195,12 @@ def fit_l1(
     ``lam = 1/N``, ``P_l`` the fan-in), under which the penalty is the negative log density of
     Laplace priors giving each weight the Glorot variance ``1 / P_l``. ``info`` holds
     ``history``, ``seconds``, ``l1`` (the factor per layer), ``masks`` (kept weights) and
-    ``network`` (the pruned plain network).
+    ``network`` (the pruned plain network). ``progress``, ``callback``, ``checkpoint``,
+    ``checkpoint_every`` and ``resume`` are the training loop's
+    (:class:`~pyro_sparse_bnn.infer.loop.LoopOptions`).
     """
-    x, y, size = _check_common(model, X, y, epochs, batch_size, lr, lr_schedule, seed)
+    x, y, size = _check_common(model, X, y, batch_size, lr, lr_schedule, seed)
+    loop = LoopOptions(epochs, progress, callback, checkpoint, checkpoint_every, resume, desc="l1")
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold >= 0:
         raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
     net = _trainable_net(model).to(device=x.device, dtype=x.dtype)
@@ -227,14 +213,11 @@ def fit_l1(
         lambda: total_penalty(net, penalties) if penalties else torch.zeros((), device=x.device),
         x,
         y,
-        epochs=epochs,
+        loop=loop,
         batch_size=size,
         lr=lr,
         lr_schedule=lr_schedule,
         seed=seed,
-        progress=progress,
-        callback=callback,
-        desc="l1",
     )
     pruned, masks = magnitude_prune(net, threshold)
     draws = {k: pruned.get_parameter(k).detach().unsqueeze(0) for k in masks}
@@ -261,6 +244,9 @@ def fit_l0(
     seed: int = 0,
     progress: bool = True,
     callback: Callable[[int, float], bool | None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    resume: str | os.PathLike | None = None,
 ) -> FitResult:
     """L0 regularisation: ``mean NLL + L0Network.penalty(lambdas, weight_decay) / N``.
 
@@ -270,8 +256,10 @@ def fit_l0(
     at most about ``gate_lr`` per step, so short runs need a larger one to close gates.
     ``info`` holds ``history``, ``seconds``, ``network`` (the trained
     :class:`~pyro_sparse_bnn.gates.L0Network`), ``prob_nonzero`` and ``gate_masks`` per layer.
+    The loop options are those of :func:`fit_l1`.
     """
-    x, y, size = _check_common(model, X, y, epochs, batch_size, lr, lr_schedule, seed)
+    x, y, size = _check_common(model, X, y, batch_size, lr, lr_schedule, seed)
+    loop = LoopOptions(epochs, progress, callback, checkpoint, checkpoint_every, resume, desc="l0")
     check_positive_int(num_posterior_samples, "num_posterior_samples")
     gate_lr = lr if gate_lr is None else check_positive(gate_lr, "gate_lr")
     pyro.set_rng_seed(seed)
@@ -293,16 +281,13 @@ def fit_l0(
         lambda: gated.penalty(lambdas, weight_decay) / n,
         x,
         y,
-        epochs=epochs,
+        loop=loop,
         batch_size=size,
         lr=lr,
         lr_schedule=lr_schedule,
         seed=seed,
-        progress=progress,
-        callback=callback,
         after_step=gated.clamp_,
         groups=groups,
-        desc="l0",
     )
     probs = {k: v.detach() for k, v in gated.prob_nonzero().items()}
     draws = gated.sample_weights(num_posterior_samples)

@@ -33,6 +33,8 @@ from ..prune import live_masks, prune_result
 from ..sites import unwrap
 from ..sparse_guides import SparseVDGuide, weight_moments
 from ..sparsity import (
+    MAX_ACCURACY_DROP,
+    MAX_NLL_INCREASE,
     budget_masks,
     compression,
     keep_masks,
@@ -48,6 +50,7 @@ FILE_FORMAT = "pyro_sparse_bnn.FitResult"
 FILE_FORMAT_VERSION = 1
 _CHUNK = 50  # posterior draws per vectorised pass through the model
 Masking = bool | Mapping[str, Tensor]  # no masks, ``masks(threshold)``, or the given keep-masks
+_DEFAULT_BUDGET = ("snr", MAX_NLL_INCREASE, MAX_ACCURACY_DROP)  # the cache key of ``masks()``
 
 
 def _observed_node(trace: poutine.Trace, conditioned: dict) -> dict:
@@ -97,6 +100,17 @@ class FitResult:
         info: method-specific extras (training history, seconds, ...).
         sample_stats: per-draw sampler statistics ``(chain, draw)`` (MCMC).
         guide: the fitted guide of a variational method (fresh draws come from it).
+
+    >>> import pyro_sparse_bnn as psb
+    >>> X, y = psb.datasets.load("iris")
+    >>> bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
+    >>> result = psb.fit(bnn, X, y, epochs=50, progress=False)
+    >>> result  # doctest: +ELLIPSIS
+    FitResult(method='svi', draws=1 chain x 200, sites=[...], weights kept ... of 12 (SNR > 1; ...))
+    >>> result.compression()["n_weights"], result.predict(X[:2])["probs"].shape
+    (12, torch.Size([2, 3]))
+    >>> result  # doctest: +ELLIPSIS
+    FitResult(method='svi', ..., weights kept ... of 12 (default masks, ...x))
     """
 
     @isolated
@@ -122,6 +136,22 @@ class FitResult:
         self.weight_sites = self._find_weight_sites()
         self._vectorisable: bool | None = None
         self._budget_masks: dict[tuple, dict[str, Tensor]] = {}
+
+    def __repr__(self) -> str:
+        """Method, draws, sites and kept weights: under the default masks once computed (they
+        cost a predictive search), until then under the fixed SNR > 1 rule."""
+        default = self._budget_masks.get(_DEFAULT_BUDGET)
+        stats = self.compression(1.0) if default is None else self._compression(default)
+        rule = (
+            "SNR > 1; .compression() for the default masks"
+            if default is None
+            else (f"default masks, {stats['compression']:.1f}x")
+        )
+        return (
+            f"FitResult(method={self.method!r}, draws={self.num_chains} "
+            f"chain{'s' * (self.num_chains > 1)} x {self.num_draws}, sites={sorted(self.samples)}, "
+            f"weights kept {stats['n_kept']} of {stats['n_weights']} ({rule}))"
+        )
 
     def _find_weight_sites(self) -> list[str]:
         with torch.no_grad():
@@ -205,8 +235,8 @@ class FitResult:
         by: str = "snr",
         *,
         data: tuple[Tensor, Tensor] | None = None,
-        max_nll_increase: float = 0.02,
-        max_accuracy_drop: float = 0.01,
+        max_nll_increase: float = MAX_NLL_INCREASE,
+        max_accuracy_drop: float = MAX_ACCURACY_DROP,
     ) -> dict[str, Tensor]:
         """Keep-masks per weight site, the weights ranked by :meth:`relevance` ``by``.
 
@@ -269,7 +299,9 @@ class FitResult:
         For a ``SparseBNN`` only kept weights on a path from an input to an output count
         (:func:`~pyro_sparse_bnn.prune.live_masks`): the weights :meth:`prune` keeps.
         """
-        masks = self.masks(threshold, by)
+        return self._compression(self.masks(threshold, by))
+
+    def _compression(self, masks: dict[str, Tensor]) -> dict:
         if hasattr(getattr(self.model, "net", None), "state_dict"):
             masks = live_masks(self, masks)
         return compression(masks)

@@ -204,7 +204,7 @@ class RMSPreconditioner:
     dropped. That bias is not small when ``V`` follows the chain (a window ``1 / (1 - decay)``
     shorter than the chain's autocorrelation time): on a 5-d Gaussian it inflated variances by
     10 % to 2x, more at smaller steps. ``adapt_until=k`` freezes ``V`` after iteration ``k``
-    (e.g. the burn-in); the chain is then Langevin with a constant metric, whose bias vanishes
+    (e.g. the warm-up); the chain is then Langevin with a constant metric, whose bias vanishes
     with the step size (there: within 5 % after 3000 adapting iterations).
     """
 
@@ -443,35 +443,35 @@ def run_sgmcmc(
     integrator: LangevinIntegrator,
     init: Params,
     grad_fn: GradFn,
-    num_draws: int,
+    num_samples: int,
     *,
-    burn_in: int = 0,
+    warmup: int = 0,
     thin: int = 1,
     generator: torch.Generator | None = None,
     hook: Hook | None = None,
 ) -> Params:
-    """Run ``burn_in + num_draws * thin`` iterations and keep every ``thin``-th after burn-in.
+    """Run ``warmup + num_samples * thin`` iterations and keep every ``thin``-th after warm-up.
 
     Each iteration ``k`` (from 1) computes ``grad_fn(params, generator)``, takes one integrator
     step, then calls ``hook(k, params)`` with the new position (SA updates go there); a hook may
     return replacement parameters (e.g. pruned ones). ``init`` has a leading chain dimension;
-    each returned tensor has shape ``(chains, num_draws, *param_shape[1:])``.
+    each returned tensor has shape ``(chains, num_samples, *param_shape[1:])``.
 
     >>> draws = run_sgmcmc(SGLD(0.1), torch.zeros(4, 2), lambda w, g: -w, 10,
-    ...                    burn_in=5, generator=torch.Generator().manual_seed(0))
+    ...                    warmup=5, generator=torch.Generator().manual_seed(0))
     >>> draws.shape
     torch.Size([4, 10, 2])
     """
     if not isinstance(integrator, LangevinIntegrator):
         raise TypeError("integrator must be a LangevinIntegrator (e.g. SGLD or SGHMC)")
-    _check_count(num_draws, "num_draws", 1)
-    _check_count(burn_in, "burn_in", 0)
+    _check_count(num_samples, "num_samples", 1)
+    _check_count(warmup, "warmup", 0)
     _check_count(thin, "thin", 1)
     state = integrator.init(init)
     if any(p.dim() == 0 for p in state.params):
         raise ValueError("init tensors need a leading chain dimension (use shape (1, ...))")
     kept: list[list[Tensor]] = [[] for _ in state.params]
-    for k in range(1, burn_in + num_draws * thin + 1):
+    for k in range(1, warmup + num_samples * thin + 1):
         state = integrator.step(state, grad_fn(_restore(state.params, init), generator), generator)
         if hook is not None:
             replaced = hook(k, _restore(state.params, init))
@@ -479,7 +479,7 @@ def run_sgmcmc(
                 new = [p.detach() for p in _as_list(replaced, "hook output")]
                 _check_like(new, state.params, "hook output")
                 state = replace(state, params=new)
-        if k > burn_in and (k - burn_in) % thin == 0:
+        if k > warmup and (k - warmup) % thin == 0:
             for store, p in zip(kept, state.params, strict=True):
                 store.append(p)
     return _restore([torch.stack(store, dim=1) for store in kept], init)

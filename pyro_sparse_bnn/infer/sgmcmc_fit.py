@@ -530,10 +530,10 @@ def _integrator(
     temperature: float,
     friction: float | None,
     preconditioner: str | RMSPreconditioner | None,
-    burn_in: int,
+    warmup: int,
 ) -> LangevinIntegrator:
     if preconditioner == "rmsprop":
-        preconditioner = RMSPreconditioner(adapt_until=burn_in or None)
+        preconditioner = RMSPreconditioner(adapt_until=warmup or None)
     elif preconditioner is not None and not isinstance(preconditioner, RMSPreconditioner):
         raise ValueError(
             "preconditioner must be None, 'rmsprop' or an RMSPreconditioner, "
@@ -584,8 +584,8 @@ def fit_sgmcmc(
     prior: str = "model",
     sa: str | None = None,
     step_size: float | Schedule | None = None,
-    num_draws: int = 1000,
-    burn_in: int = 1000,
+    num_samples: int = 1000,
+    warmup: int = 1000,
     thin: int = 1,
     batch_size: int | None = None,
     num_chains: int = 4,
@@ -619,14 +619,14 @@ def fit_sgmcmc(
             ``min(0.1, 1000 / (100 + k) ** 0.7)``) or ``"em"`` (weight 1); ``prior="ssgl"`` only.
         step_size: a number or a schedule ``k -> eps`` (``k`` from 1). Default ``0.1 / N`` for
             SGLD (the SSGL paper's 1e-3 at N = 100) and ``0.01 / N`` for SGHMC; tune it.
-        num_draws, burn_in, thin: ``burn_in + num_draws * thin`` iterations; every ``thin``-th
-            after burn-in is kept, per chain.
+        num_samples, warmup, thin: ``warmup + num_samples * thin`` iterations; every ``thin``-th
+            after warm-up is kept, per chain.
         batch_size: rows per gradient (drawn without replacement each step; default all ``N``);
             the minibatch log-likelihood is scaled by ``N / batch_size``.
         num_chains: independent chains, vectorised when the model allows.
         temperature: ``T``; the chains target ``posterior ** (1 / T)`` (noise variance
             ``2 eps T``).
-        preconditioner: ``None``, ``"rmsprop"`` (pSGLD, adapting during burn-in, then frozen)
+        preconditioner: ``None``, ``"rmsprop"`` (pSGLD, adapting during warm-up, then frozen)
             or an :class:`~pyro_sparse_bnn.infer.sgmcmc.RMSPreconditioner`.
         ssgl_options: SSGL hyperparameters ``v0, v1, nu, lam, a, b, delta, sigma`` (defaults
             0.1, 10, 1, 1, 1, p per weight site, 0.5, 1). Each weight site has its own ``delta``;
@@ -637,15 +637,15 @@ def fit_sgmcmc(
         pruning: ``None``; ``"magnitude"`` zeroes the ``s_k`` smallest weights of each weight
             site, ``s_k = sparsity * (1 - sparsity_damping ** (k / sparsity_period))`` refreshed
             every ``prune_every`` iterations (default period: ``s_k`` reaches 99 % of
-            ``sparsity`` at the end of burn-in); ``"inclusion"`` (``prior="ssgl"``) zeroes, from
-            the end of burn-in on, the weights with ``rho <= inclusion_threshold`` in every
+            ``sparsity`` at the end of warm-up); ``"inclusion"`` (``prior="ssgl"``) zeroes, from
+            the end of warm-up on, the weights with ``rho <= inclusion_threshold`` in every
             chain (a weight that any chain still includes is kept in all of them); in the
             classification form only as many as keep the PSIS-LOO predictive of the last
-            quarter of burn-in within the default budget of ``FitResult.masks``.
+            quarter of warm-up within the default budget of ``FitResult.masks``.
         init: starting values of latent sites (constrained), shared by all chains; others start
             at the network's initial weights (SparseBNN) or the prior median.
         param_lr: Adam learning rate for the model's non-sample parameters (e.g. plain network
-            biases); they are fitted during burn-in and fixed afterwards.
+            biases); they are fitted during warm-up and fixed afterwards.
         compile: trace the gradient into an ATen graph once (checked; eager fallback).
         seed: seeds the starting values, the minibatches and the Langevin noise.
         callback: ``callback(iteration, lp)`` after each iteration with the chain-mean log
@@ -662,7 +662,7 @@ def fit_sgmcmc(
     >>> import pyro_sparse_bnn as psb
     >>> X, y = psb.datasets.load("iris")
     >>> bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
-    >>> fit = fit_sgmcmc(bnn, X, y, num_draws=20, burn_in=20, num_chains=2, progress=False)
+    >>> fit = fit_sgmcmc(bnn, X, y, num_samples=20, warmup=20, num_chains=2, progress=False)
     >>> fit.samples["0.weight"].shape
     torch.Size([2, 20, 3, 4])
     """
@@ -679,8 +679,8 @@ def fit_sgmcmc(
         raise ValueError(
             f"sa={sa!r} needs prior='ssgl' (the SA/EM updates belong to the SSGL prior)"
         )
-    num_draws = _check_count(num_draws, "num_draws", 1)
-    burn_in = _check_count(burn_in, "burn_in", 0)
+    num_samples = _check_count(num_samples, "num_samples", 1)
+    warmup = _check_count(warmup, "warmup", 0)
     thin = _check_count(thin, "thin", 1)
     num_chains = _check_count(num_chains, "num_chains", 1)
     batch_size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
@@ -688,7 +688,7 @@ def fit_sgmcmc(
         step_size = (0.1 if sampler == "sgld" else 0.01) / n
     step_size = _check_schedule(step_size, "step_size")
     check_positive(temperature, "temperature")
-    integrator = _integrator(sampler, step_size, temperature, friction, preconditioner, burn_in)
+    integrator = _integrator(sampler, step_size, temperature, friction, preconditioner, warmup)
     ssgl_options = dict(ssgl_options or {})
     unknown = sorted(set(ssgl_options) - set(_SSGL_OPTIONS))
     if unknown:
@@ -707,16 +707,14 @@ def fit_sgmcmc(
             raise ValueError(
                 "pruning='inclusion' uses the SSGL inclusion probabilities: prior='ssgl'"
             )
-        if pruning == "inclusion" and burn_in == 0:
-            raise ValueError(
-                "pruning='inclusion' prunes at the end of burn-in: burn_in must be > 0"
-            )
+        if pruning == "inclusion" and warmup == 0:
+            raise ValueError("pruning='inclusion' prunes at the end of warm-up: warmup must be > 0")
     _check_fraction(sparsity, "sparsity", 0.0, 1.0)
     _check_fraction(sparsity_damping, "sparsity_damping", 1e-12, 1.0)
     _check_fraction(inclusion_threshold, "inclusion_threshold", 0.0, 1.0)
     prune_every = _check_count(prune_every, "prune_every", 1)
     if sparsity_period is None:
-        sparsity_period = max(burn_in, 1) * math.log(sparsity_damping) / math.log(0.01)
+        sparsity_period = max(warmup, 1) * math.log(sparsity_damping) / math.log(0.01)
     check_positive(sparsity_period, "sparsity_period")
     check_positive(param_lr, "param_lr")
     if not isinstance(compile, bool):
@@ -756,8 +754,8 @@ def fit_sgmcmc(
     if pruning == "magnitude":
         schedule = SparseRateSchedule(sparsity, sparsity_damping, sparsity_period)
     draws, stats, stopped_at = sampler_run.loop(
-        burn_in,
-        num_draws,
+        warmup,
+        num_samples,
         thin,
         omega,
         pruning,
@@ -898,7 +896,7 @@ class _Run:
         return evaluation
 
     def _prune(
-        self, k: int, burn_in: int, pruning: str, schedule: Any, every: int, threshold: float
+        self, k: int, warmup: int, pruning: str, schedule: Any, every: int, threshold: float
     ):
         """Refresh the keep-masks when due and zero the pruned weights (and their momentum)."""
         names = [name for name in self.layout.weights if name in self.layout.sampled]
@@ -910,7 +908,7 @@ class _Run:
                 ).reshape(self._state.params[i].shape)
                 for name, i in zip(names, self.weight_index, strict=True)
             }
-        elif pruning == "inclusion" and k == burn_in:
+        elif pruning == "inclusion" and k == warmup:
             self.masks = self._inclusion_masks(names, threshold)
         if self.masks is None:
             return
@@ -927,13 +925,13 @@ class _Run:
             self.late_states.setdefault(name, []).append(value.detach())
 
     def _inclusion_masks(self, names: list[str], threshold: float) -> dict[str, Tensor]:
-        """Keep-masks ``(chain, ...)`` at the end of burn-in.
+        """Keep-masks ``(chain, ...)`` at the end of warm-up.
 
         A weight that any chain includes (``rho > threshold``) stays in every chain. In the
         regression form the spike's scale is ``v0`` noise sds and the others go. In the
         classification form ``sigma`` grows with the weights themselves, so a weight in the
         spike need not be near zero: of the others, ranked by ``|mean| / sd`` over the late
-        burn-in states of all chains, the fewest stay whose PSIS-LOO predictive over those
+        warm-up states of all chains, the fewest stay whose PSIS-LOO predictive over those
         states holds within the default budget of
         :func:`~pyro_sparse_bnn.sparsity.budget_masks`.
         """
@@ -946,7 +944,7 @@ class _Run:
                 shape = self.layout.shapes[name]
                 states[name] = self.layout.init[name].expand(*states[names[0]].shape[:2], *shape)
             scores = {n: torch.where(included[n], torch.inf, relevance(states[n])) for n in names}
-            late = FitResult(self.model, states, method="burn_in", x=self.x, y=self.y)
+            late = FitResult(self.model, states, method="warmup", x=self.x, y=self.y)
             kept = budget_masks(
                 scores, lambda keep: late._losses(self.x, self.y, keep or {}, loo=True)
             )
@@ -955,8 +953,8 @@ class _Run:
 
     def loop(
         self,
-        burn_in: int,
-        num_draws: int,
+        warmup: int,
+        num_samples: int,
         thin: int,
         omega: Schedule,
         pruning: str | None,
@@ -977,14 +975,14 @@ class _Run:
         kept: dict[str, list[Tensor]] = {}
         stats: dict[str, list[Tensor]] = {}
         pending: dict[str, Tensor] | None = None
-        late_every = max(1, burn_in // (4 * LATE_STATES))  # states from the last quarter
-        total_iterations = burn_in + num_draws * thin
+        late_every = max(1, warmup // (4 * LATE_STATES))  # states from the last quarter
+        total_iterations = warmup + num_samples * thin
         bar = tqdm(total=total_iterations, disable=not progress, desc=method, leave=False)
         k = 0
         for k in range(1, total_iterations + 1):
-            if self.params and k == burn_in + 1:
+            if self.params and k == warmup + 1:
                 self._freeze_parameters()
-            evaluation = self._evaluate(learn=bool(self.params) and k <= burn_in)
+            evaluation = self._evaluate(learn=bool(self.params) and k <= warmup)
             if pending is not None:
                 self._store(kept, stats, pending, evaluation)
                 pending = None
@@ -995,7 +993,7 @@ class _Run:
                     grads[i] = grads[i] + g
             self._state = self.integrator.step(self._state, grads, self.generator)
             if pruning is not None:
-                self._prune(k, burn_in, pruning, schedule, prune_every, threshold)
+                self._prune(k, warmup, pruning, schedule, prune_every, threshold)
             if self.ssgl is not None:
                 regression = layout.noise is not None
                 active = None
@@ -1011,10 +1009,10 @@ class _Run:
                 )
                 if regression:
                     self.noise = self.ssgl.sigma
-            late = 0 < burn_in - k <= LATE_STATES * late_every and (burn_in - k) % late_every == 0
+            late = 0 < warmup - k <= LATE_STATES * late_every and (warmup - k) % late_every == 0
             if pruning == "inclusion" and layout.noise is None and late:
                 self._record_late_state()
-            if k > burn_in and (k - burn_in) % thin == 0:
+            if k > warmup and (k - warmup) % thin == 0:
                 pending = self._snapshot(k)
             if callback is not None and callback(k, float(evaluation.lp.mean())):
                 break
@@ -1076,28 +1074,10 @@ class _Run:
 # Method names for ``fit``
 
 
-def _alias(name: str, sampler: str, prior: str, sa: str | None) -> Callable[..., FitResult]:
-    fixed = {"sampler": sampler, "prior": prior, "sa": sa}
-
-    def method(model: Callable, X: Tensor, y: Tensor, **options: Any) -> FitResult:
-        clash = sorted(set(options) & set(fixed))
-        if clash:
-            raise ValueError(
-                f"method {name!r} fixes {clash} ({fixed}); call fit_sgmcmc to choose them"
-            )
-        return fit_sgmcmc(model, X, y, **fixed, **options)
-
-    method.__name__ = f"fit_{name}"
-    method.__doc__ = f"``fit_sgmcmc`` with {fixed}; options as for :func:`fit_sgmcmc`."
-    return method
-
-
-SGMCMC_METHODS: dict[str, Callable[..., FitResult]] = {
-    "sgld": _alias("sgld", "sgld", "model", None),
-    "sghmc": _alias("sghmc", "sghmc", "model", None),
-    "sgld_sa": _alias("sgld_sa", "sgld", "ssgl", "sa"),
-    "sghmc_sa": _alias("sghmc_sa", "sghmc", "ssgl", "sa"),
-    "sgld_em": _alias("sgld_em", "sgld", "ssgl", "em"),
-    "sghmc_em": _alias("sghmc_em", "sghmc", "ssgl", "em"),
+SGMCMC_METHODS: dict[str, dict[str, str | None]] = {
+    f"{sampler}{suffix}": {"sampler": sampler, "prior": prior, "sa": sa}
+    for sampler in SAMPLERS
+    for suffix, prior, sa in (("", "model", None), ("_sa", "ssgl", "sa"), ("_em", "ssgl", "em"))
 }
-"""``fit`` method names: plain SGLD/SGHMC under the model's prior, and SSGL with SA or EM."""
+"""``fit`` method names and the :func:`fit_sgmcmc` options each fixes: plain SGLD/SGHMC under the
+model's prior, and SSGL with SA or EM."""

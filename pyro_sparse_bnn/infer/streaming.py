@@ -21,7 +21,6 @@ asynchronous on a GPU).
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -31,24 +30,14 @@ import pyro
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm.auto import trange
 
 from ..guides import draw, make_guide
 from ..handlers import ScaleSites
-from ..io import check_writable
 from ..isolation import check_seed, isolated
 from ..validation import check_positive_int, check_xy
+from .loop import LoopOptions, kl_weight, lr_scheduler
 from .result import FitResult
-from .svi import (
-    ELBOS,
-    LR_SCHEDULES,
-    _parameters,
-    _read_checkpoint,
-    _restore,
-    _write_checkpoint,
-    check_svi_options,
-    kl_weight,
-)
+from .svi import ELBOS, _parameters, check_svi_options
 
 __all__ = ["fit_svi_loader", "prepare_svi", "svi_loss"]
 
@@ -205,30 +194,32 @@ def fit_svi_loader(
         num_posterior_samples=num_posterior_samples,
         guide=guide,
     )
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    check_positive_int(checkpoint_every, "checkpoint_every")
-    if checkpoint is not None:
-        check_writable(checkpoint, "checkpoint")
-    state = None if resume is None else _read_checkpoint(resume)
+    loop = LoopOptions(
+        epochs,
+        progress,
+        callback,
+        checkpoint,
+        checkpoint_every,
+        resume,
+        desc="svi",
+        loss_name="ELBO",
+    )
     start = time.perf_counter()
     model, guide, x0, y0 = prepare_svi(
         model, loader, guide=guide, guide_options=guide_options, seed=seed, device=device
     )
     params = list({id(p): p for m in (model, guide) for p in _parameters(m)}.values())
     optimizer = torch.optim.Adam(params, lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_SCHEDULES[lr_schedule](epochs))
+    scheduler = lr_scheduler(optimizer, lr_schedule, epochs)
     loss_fn = ELBOS[elbo](num_particles=num_particles).differentiable_loss
     order = getattr(loader, "generator", None)
     order = torch.Generator() if order is None else order
-    history: list[float] = []
-    parts = {"model": model, "guide": guide, "optimizer": optimizer, "scheduler": scheduler}
-    first = 0 if state is None else _restore(state, parts, order, history)
     rows = 0
-    bar = trange(first, epochs, disable=not progress, desc="svi", leave=False)
-    for epoch in bar:
-        beta = kl_weight(epoch, kl_warmup)
-        _set_epoch(loader, epoch)
+
+    def epoch(e: int) -> float:
+        nonlocal rows
+        beta = kl_weight(e, kl_warmup)
+        _set_epoch(loader, e)
         sums, rows = [], 0  # kept on the device: no synchronisation per step
         for batch in loader:
             x, y = (t.to(x0.device, non_blocking=True) for t in _pair(batch))
@@ -239,26 +230,12 @@ def fit_svi_loader(
             sums.append(loss.detach() * x.shape[0])
             rows += x.shape[0]
         if rows == 0:
-            raise ValueError(f"loader yielded no batch in epoch {epoch}")
-        mean = torch.stack(sums).cpu().double().sum().item() / rows
-        if not math.isfinite(mean):
-            raise FloatingPointError(
-                f"the ELBO became {mean} in epoch {epoch}: lower lr or check the data"
-            )
+            raise ValueError(f"loader yielded no batch in epoch {e}")
         scheduler.step()
-        history.append(mean)
-        bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
-        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
-            _write_checkpoint(checkpoint, parts, order, history, epoch)
-        if callback is not None and callback(epoch, mean):
-            break
-    seconds = time.perf_counter() - start
+        return torch.stack(sums).cpu().double().sum().item() / rows
+
+    parts = {"model": model, "guide": guide, "optimizer": optimizer, "scheduler": scheduler}
+    info = loop.run(epoch, parts=parts, generators={"order": order})
+    info |= {"seconds": time.perf_counter() - start, "num_data": num_data, "rows_per_epoch": rows}
     draws = draw(model, guide, x0[:1], num_posterior_samples)
-    info = {
-        "history": history,
-        "seconds": seconds,
-        "epochs_run": len(history),
-        "num_data": num_data,
-        "rows_per_epoch": rows,
-    }
     return FitResult(model, draws, method="svi", x=x0, y=y0, info=info, guide=guide)

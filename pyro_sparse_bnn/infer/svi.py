@@ -14,11 +14,9 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta
 from torch import Tensor, nn
-from tqdm.auto import trange
 
 from ..elbo import MeanFieldELBO
 from ..guides import draw, make_guide
-from ..io import atomic_path, check_writable
 from ..isolation import check_seed, isolated
 from ..lrt import LocalReparameterizationELBO
 from ..validation import (
@@ -27,26 +25,16 @@ from ..validation import (
     check_positive_int,
     check_xy,
 )
+from .loop import LR_SCHEDULES, LoopOptions, check_step, kl_weight, lr_scheduler
 from .result import FitResult
 from .traced_elbo import TracedELBO, check_traced
 
-__all__ = ["check_svi_options", "fit_svi", "kl_weight"]
+__all__ = ["check_svi_options", "fit_svi"]
 
 ELBOS = {
     "mean_field": MeanFieldELBO,
     "trace": Trace_ELBO,
     "lrt": LocalReparameterizationELBO,
-}
-
-
-def _linear_decay(epochs: int) -> Callable[[int], float]:
-    half = epochs / 2
-    return lambda epoch: min(1.0, max(0.0, (epochs - epoch) / half))
-
-
-LR_SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {
-    "constant": lambda epochs: lambda epoch: 1.0,
-    "linear_decay": _linear_decay,
 }
 
 
@@ -82,15 +70,6 @@ def check_svi_options(
         )
     check_positive_int(num_posterior_samples, "num_posterior_samples")
     return kl_warmup
-
-
-def kl_weight(epoch: int, kl_warmup: int) -> float:
-    """KL weight of (0-based) ``epoch``: rises linearly from ``1 / kl_warmup`` to 1.
-
-    >>> [kl_weight(e, 4) for e in range(5)]
-    [0.25, 0.5, 0.75, 1.0, 1.0]
-    """
-    return min(1.0, (epoch + 1) / kl_warmup) if kl_warmup else 1.0
 
 
 @isolated
@@ -132,11 +111,10 @@ def fit_svi(
             shrinkage priors can settle in the optimum that explains all data as noise (a
             mean-field horseshoe with p > n: every coefficient at zero).
         num_posterior_samples: guide draws stored in the result.
-        callback: called as ``callback(epoch, loss)`` after each epoch; returning ``True`` stops.
-        checkpoint: file to write (atomically) every ``checkpoint_every`` epochs with the model,
-            guide, optimiser, schedule, history and RNG states.
-        resume: a checkpoint of this same call to continue from; with the same seed and data the
-            resumed fit ends with exactly the parameters of an uninterrupted one.
+        progress, callback, checkpoint, checkpoint_every, resume: the training loop's
+            (:class:`~pyro_sparse_bnn.infer.loop.LoopOptions`): a progress bar, a per-epoch
+            ``callback(epoch, loss)`` that stops the fit by returning ``True``, atomic
+            checkpoints and exact resume.
         traced: replay each step from a graph of tensor operations traced once per minibatch
             shape (:class:`~pyro_sparse_bnn.infer.traced_elbo.TracedELBO`) instead of running
             the model and guide under Pyro's handlers: the same loss and gradients, 1.5-2x
@@ -162,14 +140,18 @@ def fit_svi(
         num_posterior_samples=num_posterior_samples,
         guide=guide,
     )
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    check_positive_int(checkpoint_every, "checkpoint_every")
     check_seed(seed)
     check_traced(traced)
-    if checkpoint is not None:
-        check_writable(checkpoint, "checkpoint")
-    state = None if resume is None else _read_checkpoint(resume)
+    loop = LoopOptions(
+        epochs,
+        progress,
+        callback,
+        checkpoint,
+        checkpoint_every,
+        resume,
+        desc="svi",
+        loss_name="ELBO",
+    )
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model).to(device=x.device, dtype=x.dtype)
     pyro.set_rng_seed(seed)
@@ -178,92 +160,28 @@ def fit_svi(
     guide(x[:batch_size], y[:batch_size])
     params = list({id(p): p for m in (model, guide) for p in _parameters(m)}.values())
     optimizer = torch.optim.Adam(params, lr=lr, fused=bool(traced))  # one kernel per parameter
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_SCHEDULES[lr_schedule](epochs))
+    scheduler = lr_scheduler(optimizer, lr_schedule, epochs)
     loss_fn = ELBOS[elbo](num_particles=num_particles).differentiable_loss
     step = TracedELBO(loss_fn, model, guide, params, traced=traced)
     order = torch.Generator().manual_seed(seed)
-    history: list[float] = []
-    parts = {"model": model, "guide": guide, "optimizer": optimizer, "scheduler": scheduler}
-    first = 0 if state is None else _restore(state, parts, order, history)
-    bar = trange(first, epochs, disable=not progress, desc="svi", leave=False)
-    for epoch in bar:
-        beta = kl_weight(epoch, kl_warmup)
-        perm = torch.randperm(n, generator=order).to(x.device)
+
+    def epoch(e: int) -> float:
+        beta = kl_weight(e, kl_warmup)
         total = 0.0
-        for idx in perm.split(batch_size):  # the loss per training row
-            loss = step(x[idx], y[idx], observed=1 / len(idx), latent=beta / n)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the ELBO became {loss.item()} at epoch {epoch}: lower lr or check the data"
-                )
-            if not _finite_gradients(params):  # a step on them would leave NaN parameters
-                raise FloatingPointError(
-                    f"the ELBO became nan at epoch {epoch}: its gradient is not finite; "
-                    "lower lr or check the data"
-                )
+        for idx in torch.randperm(n, generator=order).to(x.device).split(batch_size):
+            loss = step(x[idx], y[idx], observed=1 / len(idx), latent=beta / n)  # per row
+            check_step(loss, params, e, "ELBO")
             optimizer.step()
             total += loss.item() * len(idx) / n
         scheduler.step()
-        history.append(total)
-        bar.set_postfix(loss=f"{total:.4g}", refresh=False)
-        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
-            _write_checkpoint(checkpoint, parts, order, history, epoch)
-        if callback is not None and callback(epoch, total):
-            break
-    seconds = time.perf_counter() - start
+        return total
+
+    parts = {"model": model, "guide": guide, "optimizer": optimizer, "scheduler": scheduler}
+    info = loop.run(epoch, parts=parts, generators={"order": order})
+    info["seconds"] = time.perf_counter() - start
     draws = draw(model, guide, x[:1], num_posterior_samples)
-    info = {"history": history, "seconds": seconds, "epochs_run": len(history)}
     return FitResult(model, draws, method="svi", x=x, y=y, info=info, guide=guide)
-
-
-def _finite_gradients(params: list[nn.Parameter]) -> bool:
-    grads = [p.grad for p in params if p.grad is not None]
-    return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
 
 
 def _parameters(module: Any) -> list[nn.Parameter]:
     return list(module.parameters()) if isinstance(module, nn.Module) else []
-
-
-def _write_checkpoint(
-    path: str | os.PathLike, parts: dict, order: torch.Generator, history: list, epoch: int
-) -> None:
-    state = {k: v.state_dict() for k, v in parts.items() if hasattr(v, "state_dict")}
-    state |= {
-        "epoch": epoch,
-        "history": list(history),
-        "order": order.get_state(),
-        "rng": pyro.util.get_rng_state(),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _read_checkpoint(path: str | os.PathLike) -> dict:
-    if not os.path.isfile(path):
-        raise ValueError(f"resume: checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(
-            f"resume: {str(path)!r} is corrupted or not a checkpoint ({err})"
-        ) from None
-    if not isinstance(state, dict) or "epoch" not in state:
-        raise ValueError(f"resume: {str(path)!r} is not a fit checkpoint")
-    return state
-
-
-def _restore(state: dict, parts: dict, order: torch.Generator, history: list) -> int:
-    """Load a checkpoint into freshly built parts; return the first epoch still to run."""
-    try:
-        for name, part in parts.items():
-            if name in state:
-                part.load_state_dict(state[name])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise ValueError(
-            f"resume: the checkpoint does not match this model and guide ({err})"
-        ) from None
-    order.set_state(state["order"])
-    pyro.util.set_rng_state(state["rng"])
-    history.extend(state["history"])
-    return state["epoch"] + 1

@@ -135,7 +135,7 @@ def _drop_scratch(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) 
 class Vadam(torch.optim.Optimizer):
     """Variational Adam: mean-field Gaussian VI by weight perturbation (Khan et al., 2018).
 
-    Each step, for ``k = 1..K`` (``K = num_samples``): ``theta_k = mu + eps_k / sqrt(N s + lam)``
+    Each step, for ``k = 1..K`` (``K = num_particles``): ``theta_k = mu + eps_k / sqrt(N s + lam)``
     with ``eps_k ~ N(0, I)``; ``g_k`` is the NLL gradient at ``theta_k``. Then, with ``t`` the
     step count::
 
@@ -155,7 +155,7 @@ class Vadam(torch.optim.Optimizer):
         lr: step size.
         betas: decay rates of the first and second moments, each in ``[0, 1)``.
         prior_precision: ``lam``, the precision of the zero-mean Gaussian prior on each weight.
-        num_samples: ``K``, weight samples (closure calls) per step.
+        num_particles: ``K``, weight samples (closure calls) per step.
         prec_init: initial posterior precision, at least ``prior_precision`` (default: equal).
         eps: added to the step's denominator for numerical safety.
         per_example_grads: build ``s`` from per-example squared gradients (VOGN); changes the
@@ -191,16 +191,16 @@ class Vadam(torch.optim.Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         prior_precision: float = 1.0,
-        num_samples: int = 1,
+        num_particles: int = 1,
         prec_init: float | None = None,
         eps: float = 1e-8,
         per_example_grads: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         _check_positive(num_data, "num_data")
-        _check_positive_int(num_samples, "num_samples")
+        _check_positive_int(num_particles, "num_particles")
         self.num_data = num_data
-        self.num_samples = num_samples
+        self.num_particles = num_particles
         self.per_example_grads = bool(per_example_grads)
         self.generator = generator
         defaults = {
@@ -368,7 +368,7 @@ class Vadam(torch.optim.Optimizer):
     def step(  # type: ignore[override]
         self, closure: Callable[..., Tensor], batch: Sequence[Tensor] | None = None
     ) -> Tensor:
-        """One update from ``num_samples`` closure calls at sampled weights; returns the mean loss.
+        """One update from ``num_particles`` closure calls at sampled weights; the mean loss.
 
         With ``per_example_grads=False``, ``closure()`` returns the mean minibatch NLL and calls
         ``backward()``; ``batch`` stays ``None``. With ``per_example_grads=True``,
@@ -397,7 +397,7 @@ class Vadam(torch.optim.Optimizer):
         ]
         losses, grads, squares = [], [], []
         try:
-            for _ in range(self.num_samples):
+            for _ in range(self.num_particles):
                 for p, mu, scale, state in zip(params, means, scales, states, strict=True):
                     p.data = self._draw_into(state, p).mul_(scale).add_(mu)
                 loss, g, g2 = evaluate(params)
@@ -469,7 +469,7 @@ class VOGN(Vadam):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         prior_precision: float = 1.0,
-        num_samples: int = 1,
+        num_particles: int = 1,
         prec_init: float | None = None,
         eps: float = 1e-8,
         generator: torch.Generator | None = None,
@@ -480,7 +480,7 @@ class VOGN(Vadam):
             lr=lr,
             betas=betas,
             prior_precision=prior_precision,
-            num_samples=num_samples,
+            num_particles=num_particles,
             prec_init=prec_init,
             eps=eps,
             per_example_grads=True,
@@ -515,7 +515,7 @@ class VadamARD(Vadam):
     diverging; pruning by relevance still works.
 
     Args:
-        params, num_data, lr, betas, num_samples, eps, per_example_grads, generator: as
+        params, num_data, lr, betas, num_particles, eps, per_example_grads, generator: as
             :class:`Vadam`.
         prior_precision: initial ``lam_j`` for every weight.
         prec_init: initial posterior precision (default ``prior_precision``).
@@ -546,7 +546,7 @@ class VadamARD(Vadam):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         prior_precision: float = 1.0,
-        num_samples: int = 1,
+        num_particles: int = 1,
         prec_init: float | None = None,
         eps: float = 1e-8,
         a0: float = 0.0,
@@ -567,7 +567,7 @@ class VadamARD(Vadam):
             lr=lr,
             betas=betas,
             prior_precision=prior_precision,
-            num_samples=num_samples,
+            num_particles=num_particles,
             prec_init=prec_init,
             eps=eps,
             per_example_grads=per_example_grads,

@@ -42,6 +42,7 @@ SNR rule ``result.masks(k)`` (``|mean| / sd > k`` over the draws) is exactly VAD
 from __future__ import annotations
 
 import copy
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -61,13 +62,13 @@ from pyro.infer.autoguide.initialization import (
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import Gamma, Normal, biject_to
-from tqdm.auto import trange
 
 from ..distributions import ARDNormal
 from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
 from ..sites import unwrap
 from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from .loop import LoopOptions, TensorState, check_step
 from .result import FitResult
 from .vadam import Vadam, VadamARD, _check_betas, _check_nonnegative
 
@@ -286,7 +287,7 @@ def fit_vadam(
     batch_size: int | None = None,
     lr: float = 1e-2,
     betas: tuple[float, float] = (0.9, 0.999),
-    num_samples: int = 1,
+    num_particles: int = 1,
     prior_precision: float | None = None,
     per_example_grads: bool | None = None,
     a0: float = 0.0,
@@ -296,6 +297,9 @@ def fit_vadam(
     seed: int = 0,
     progress: bool = True,
     callback: Callable[[int, float], bool | None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    resume: str | os.PathLike | None = None,
 ) -> FitResult:
     """Mean-field Gaussian VI of the weight sites by natural gradients (VADAM, VOGN, VADAM-ARD).
 
@@ -313,7 +317,7 @@ def fit_vadam(
         variant: VADAM-ARD update, ``"gamma"`` (mean-field optimum, default) or ``"thesis"``.
         epochs: passes over the data; ``batch_size`` rows per step (default: full batch).
         lr, betas: step size and moment decay rates of the VADAM and Adam updates.
-        num_samples: ``K``, weight samples (model evaluations) per step.
+        num_particles: ``K``, weight samples (model evaluations) per step.
         prior_precision: ``lambda`` (the initial ``psi`` with ``ard=True``). ``None`` takes each
             site's precision from a fixed Normal prior in the model, else 1.
         per_example_grads: build ``s`` from per-example squared gradients (VOGN; correct at any
@@ -328,8 +332,8 @@ def fit_vadam(
             ``mean NLL + (beta / N) KL``); 1 is the Bayesian posterior.
         num_posterior_samples: draws per weight stored in the result (at least 2).
         seed: seeds the initial prior draw, the weight noise, the data order and the draws.
-        progress: show a tqdm bar; ``callback(epoch, loss)`` after each epoch may return ``True``
-            to stop.
+        progress, callback, checkpoint, checkpoint_every, resume: the training loop's
+            (:class:`~pyro_sparse_bnn.infer.loop.LoopOptions`).
 
     ``result.info`` holds ``mu``, ``sigma``, ``relevance`` (``|mu| / sigma``) per weight site,
     ``prior_precision`` per site (``psi`` tensors with ``ard=True``), ``point_estimates``,
@@ -358,7 +362,7 @@ def fit_vadam(
     batch_size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
     check_positive(lr, "lr")
     _check_betas(betas)
-    check_positive_int(num_samples, "num_samples")
+    check_positive_int(num_particles, "num_particles")
     if prior_precision is not None:
         check_positive(prior_precision, "prior_precision")
     if per_example_grads is None:
@@ -374,9 +378,16 @@ def fit_vadam(
             raise ValueError(f"{names} only apply to VADAM-ARD: pass ard=True")
     if check_positive_int(num_posterior_samples, "num_posterior_samples") < 2:
         raise ValueError(f"num_posterior_samples must be at least 2, got {num_posterior_samples}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-
+    loop = LoopOptions(
+        epochs,
+        progress,
+        callback,
+        checkpoint,
+        checkpoint_every,
+        resume,
+        desc="vadam",
+        loss_name="NLL",
+    )
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model)
     pyro.set_rng_seed(seed)
@@ -398,7 +409,7 @@ def fit_vadam(
         "num_data": tempered_n,
         "lr": lr,
         "betas": tuple(betas),
-        "num_samples": num_samples,
+        "num_particles": num_particles,
         "per_example_grads": per_example_grads,
         "generator": generator,
     }
@@ -419,12 +430,10 @@ def fit_vadam(
         return nll(dict(zip(names, params, strict=True)), xi[None], yi[None]).sum()
 
     order = torch.Generator().manual_seed(seed)
-    history: list[float] = []
-    bar = trange(epochs, disable=not progress, desc="vadam", leave=False)
-    for epoch in bar:
-        perm = torch.randperm(n, generator=order).to(x.device)
+
+    def epoch(e: int) -> float:
         total = 0.0
-        for idx in perm.split(batch_size):
+        for idx in torch.randperm(n, generator=order).to(x.device).split(batch_size):
             xb, yb = x[idx], y[idx]
             if point_opt is not None:
                 point_opt.zero_grad()
@@ -440,19 +449,18 @@ def fit_vadam(
                 loss = opt.step(lambda xb=xb, yb=yb: closure(xb, yb))
                 for p in point_params:
                     if p.grad is not None:
-                        p.grad /= num_samples
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the NLL became {loss.item()} at epoch {epoch}: lower lr or check the data"
-                )
+                        p.grad /= num_particles
+            check_step(loss, point_params, e, "NLL")
             if point_opt is not None:
                 point_opt.step()
             total += loss.item() * len(idx) / n
-        history.append(total)
-        bar.set_postfix(nll=f"{total:.4g}", refresh=False)
-        if callback is not None and callback(epoch, total):
-            break
-    seconds = time.perf_counter() - start
+        return total
+
+    parts = {"weights": TensorState(weights), "optimizer": opt}
+    parts |= {"points": TensorState(dict(enumerate(point_params)))} if point_params else {}
+    parts |= {"point_optimizer": point_opt} if point_opt is not None else {}
+    run = loop.run(epoch, parts=parts, generators={"order": order, "noise": generator})
+    run["seconds"] = time.perf_counter() - start
 
     with torch.no_grad():
         mu = {name: weights[name].detach().clone() for name in names}
@@ -481,9 +489,7 @@ def fit_vadam(
         "variant": variant if ard else None,
         "per_example_grads": per_example_grads,
         "kl_weight": kl_weight,
-        "history": history,
-        "seconds": seconds,
-        "epochs_run": len(history),
+        **run,
         "optimizer": opt,
     }
     return FitResult(model, samples, method="vadam", x=x, y=y, info=info)
