@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.penalties import glorot_penalties
+from pyro_sparse_bnn.priors import GroupLogUniform, ProfiledARD
 from pyro_sparse_bnn.prune import masked_network, prune
-from pyro_sparse_bnn.sparse_priors import ARDNormal, GroupLogUniform
 
 SPARSE_VD_SNR = math.exp(-1.5)
 """SparseVD's pruning point ``log_alpha > 3`` as a relevance threshold."""
@@ -149,7 +149,7 @@ def run_method(
     else:
         prior = {
             "sparsevd": psb.priors.LogUniform(),
-            "ard": ARDNormal(),
+            "ard": ProfiledARD(),
             "group_sparsevd": GroupLogUniform(groups="in"),
             "group_horseshoe": psb.priors.Horseshoe(settings["horseshoe_scale"], groups="in"),
         }[method]

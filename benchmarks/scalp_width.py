@@ -39,8 +39,9 @@ from _common import print_table, write_results
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.penalties import Penalty, glorot_factor, glorot_penalties, penalty_priors
-from pyro_sparse_bnn.prune import masked_network
-from pyro_sparse_bnn.scaling import ScaLP, outgoing_norms, scalp_prune
+from pyro_sparse_bnn.priors import ScaLP
+from pyro_sparse_bnn.prune import masked_network, scalp_prune
+from pyro_sparse_bnn.sparsity import outgoing_norms
 
 LAM_RATIO = 1 / 9  # lam * N for every method of part 1
 THRESHOLD = 1e-3

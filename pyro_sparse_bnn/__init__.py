@@ -21,9 +21,7 @@ from . import (
     penalties,
     priors,
     prune,
-    scaling,
     sparse_guides,
-    sparse_priors,
     sparsity,
 )
 from ._version import __version__
@@ -66,8 +64,6 @@ __all__ = [
     "plots",
     "priors",
     "prune",
-    "scaling",
     "sparse_guides",
-    "sparse_priors",
     "sparsity",
 ]

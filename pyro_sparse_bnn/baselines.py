@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .prune import magnitude_masks, masked_network
+from .nn import BAYESIAN_LAYERS
+from .prune import masked_network
+from .sparsity import magnitude_masks
 
-__all__ = ["PRUNABLE", "l1_penalty", "magnitude_prune", "prunable_weights"]
+__all__ = ["l1_penalty", "magnitude_prune", "prunable_weights"]
 
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 """Layer types whose weights are penalised and pruned."""
 
 
@@ -32,7 +33,7 @@ def prunable_weights(net: nn.Module) -> dict[str, Tensor]:
     return {
         f"{name}.weight" if name else "weight": m.weight
         for name, m in net.named_modules()
-        if isinstance(m, PRUNABLE)
+        if isinstance(m, BAYESIAN_LAYERS)
     }
 
 

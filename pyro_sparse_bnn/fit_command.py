@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import datasets, likelihoods, priors, sparse_priors
+from . import datasets, likelihoods, priors
 from .guides import GUIDES
 from .infer.fit import METHODS
 from .infer.result import FitResult
@@ -59,8 +59,8 @@ PRIORS: dict[str, type[priors.Prior]] = {
     "regularized_horseshoe": priors.RegularizedHorseshoe,
     "spike_and_slab": priors.SpikeAndSlab,
     "log_uniform": priors.LogUniform,
-    "ard_normal": sparse_priors.ARDNormal,
-    "group_log_uniform": sparse_priors.GroupLogUniform,
+    "profiled_ard": priors.ProfiledARD,
+    "group_log_uniform": priors.GroupLogUniform,
 }
 """``--prior`` names; ``--prior-arg KEY=VALUE`` sets the class's keyword arguments."""
 

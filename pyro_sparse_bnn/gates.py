@@ -30,33 +30,18 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .distributions import HardConcrete
+from .nn import BAYESIAN_LAYERS
+from .validation import check_nonnegative, check_number
 
 __all__ = ["LOG_ALPHA_RANGE", "GatedLayer", "L0Network"]
 
 LOG_ALPHA_RANGE = (math.log(1e-2), math.log(1e2))
 """``log_alpha`` is clamped to this range after each step (Louizos et al.'s code)."""
-
-_GATED = (nn.Linear, nn.Conv1d, nn.Conv2d)
-
-
-def _check_rate(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
-    return float(value)
-
-
-def _check_nonnegative(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
-    return float(value)
 
 
 class GatedLayer(nn.Module):
@@ -69,7 +54,7 @@ class GatedLayer(nn.Module):
 
     def __init__(self, layer: nn.Module, log_alpha: Tensor) -> None:
         super().__init__()
-        if not isinstance(layer, _GATED):
+        if not isinstance(layer, BAYESIAN_LAYERS):
             raise TypeError(f"layer must be Linear, Conv1d or Conv2d, got {type(layer).__name__}")
         self.layer = layer
         self.log_alpha = nn.Parameter(log_alpha)
@@ -133,11 +118,26 @@ class L0Network(nn.Module):
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         rates = (
-            _check_rate(input_droprate_init, "input_droprate_init"),
-            _check_rate(droprate_init, "droprate_init"),
+            float(
+                check_number(
+                    input_droprate_init,
+                    "input_droprate_init",
+                    low=0,
+                    high=1,
+                    low_open=True,
+                    high_open=True,
+                )
+            ),
+            float(
+                check_number(
+                    droprate_init, "droprate_init", low=0, high=1, low_open=True, high_open=True
+                )
+            ),
         )
         self.net = copy.deepcopy(net)
-        self.layer_names = [n for n, m in self.net.named_modules() if isinstance(m, _GATED)]
+        self.layer_names = [
+            n for n, m in self.net.named_modules() if isinstance(m, BAYESIAN_LAYERS)
+        ]
         if not self.layer_names:
             raise ValueError("net must contain at least one Linear or Conv layer")
         if "" in self.layer_names:
@@ -174,13 +174,13 @@ class L0Network(nn.Module):
         """
         if isinstance(lambdas, int | float) and not isinstance(lambdas, bool):
             lambdas = [lambdas] * len(self.layer_names)
-        lambdas = [_check_nonnegative(v, "lambdas") for v in lambdas]
+        lambdas = [float(check_nonnegative(v, "lambdas")) for v in lambdas]
         if len(lambdas) != len(self.layer_names):
             raise ValueError(
                 f"lambdas must be one number or {len(self.layer_names)} (one per gated layer), "
                 f"got {len(lambdas)}"
             )
-        wd = _check_nonnegative(weight_decay, "weight_decay")
+        wd = float(check_nonnegative(weight_decay, "weight_decay"))
         total: Tensor | float = 0.0
         for name, lam in zip(self.layer_names, lambdas, strict=True):
             gated = self.gated(name)

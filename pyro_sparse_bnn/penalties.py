@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from torch.distributions.transforms import PowerTransform
 
 from .nn import BAYESIAN_LAYERS
-from .priors import Groups, Laplace, Normal, Prior, _positive
+from .priors import Groups, Laplace, Normal, Prior
+from .priors.base import _positive
 
 __all__ = [
     "PENALTIES",

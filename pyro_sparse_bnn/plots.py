@@ -41,7 +41,13 @@ from matplotlib.lines import Line2D
 from . import arviz as psb_arviz
 from . import metrics
 from .sparsity import SNR_THRESHOLD
-from .validation import check_choice, check_positive, check_positive_int
+from .validation import (
+    check_choice,
+    check_nonnegative,
+    check_number,
+    check_positive,
+    check_positive_int,
+)
 
 __all__ = [
     "RELEVANCE_FLOOR",
@@ -100,22 +106,6 @@ def _scores(idata: Any, site: str) -> tuple[np.ndarray, np.ndarray]:
     """Relevance and keep-mask arrays of one weight site."""
     group = idata.relevance
     return group[f"{site}_relevance"].values, group[f"{site}_kept"].values.astype(bool)
-
-
-def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be non-negative, got {value}")
-    return value
-
-
-def _check_probability(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not 0 < value < 1:
-        raise ValueError(f"{name} must lie in the open interval (0, 1), got {value!r}")
-    return float(value)
 
 
 class _RankedWeights:
@@ -180,10 +170,15 @@ def plot_relevance_forest(
         hdi_prob: probability mass of the highest-density intervals.
         ax: axes to draw on (default: a new figure).
     """
-    n_top, n_bottom = _check_count(n_top, "n_top"), _check_count(n_bottom, "n_bottom")
+    n_top, n_bottom = (
+        check_nonnegative(n_top, "n_top", integer=True),
+        check_nonnegative(n_bottom, "n_bottom", integer=True),
+    )
     if n_top + n_bottom == 0:
         raise ValueError("n_top + n_bottom must be at least 1")
-    hdi_prob = _check_probability(hdi_prob, "hdi_prob")
+    hdi_prob = float(
+        check_number(hdi_prob, "hdi_prob", low=0, high=1, low_open=True, high_open=True)
+    )
     idata = _inference_data(data)
     ranked = _RankedWeights(idata, _sites(idata, sites))
     top = list(range(min(n_top, len(ranked))))

@@ -1,15 +1,6 @@
-"""Pruning: masks from sparse posteriors, masked networks, and physically smaller networks.
+"""Pruning: masked networks and physically smaller networks.
 
-Masks (``True`` = keep), keyed like a ``state_dict`` (``"0.weight"``):
-
-* :func:`log_alpha_masks` - SparseVD's rule, keep where ``log_alpha = log(sigma^2 / theta^2) < 3``
-  (signal-to-noise ``|theta| / sigma > exp(-1.5)``);
-* :func:`gate_masks` - L0 gates, keep groups with ``P(z != 0)`` above a threshold (by default the
-  value below which the deterministic test-time gate is exactly 0);
-* :func:`shrinkage_masks` - scale-mixture priors, keep where the shrinkage factor
-  ``kappa = 1 / (1 + (s / reference)^2)`` of the posterior scale ``s`` is below 1/2;
-* :func:`magnitude_masks` - keep ``|w| >= threshold`` (the L1 baseline).
-
+Masks (``True`` = keep, keyed like a ``state_dict``) come from :mod:`pyro_sparse_bnn.sparsity`.
 :func:`masked_network` sets a network's weights and zeroes the pruned entries (SparseVD's
 test-time network); :func:`apply_masks` does the same through ``torch.nn.utils.prune``;
 :func:`prune` returns a plain ``nn.Sequential`` with the dead neurons and channels removed,
@@ -36,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,27 +34,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from . import distributions
-from .validation import check_xy
+from .nn import BAYESIAN_LAYERS
+from .sparsity import scalp_masks
+from .validation import check_nonnegative
 
 __all__ = [
-    "SPARSE_VD_LOG_ALPHA",
     "SelectFeatures",
     "apply_masks",
-    "default_gate_threshold",
-    "gate_masks",
-    "log_alpha_masks",
-    "magnitude_masks",
     "masked_network",
     "prune",
     "prune_result",
-    "shrinkage_masks",
+    "scalp_prune",
 ]
 
-SPARSE_VD_LOG_ALPHA = 3.0
-"""SparseVD prunes weights with ``log_alpha`` above this (Molchanov et al. 2017)."""
-
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _ELEMENTWISE = (
     nn.ReLU,
     nn.ReLU6,
@@ -82,112 +64,6 @@ _ELEMENTWISE = (
     nn.Dropout,
 )
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
-
-
-def _check_threshold(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def log_alpha_masks(
-    params: Mapping[str, tuple[Tensor, Tensor]], threshold: float = SPARSE_VD_LOG_ALPHA
-) -> dict[str, Tensor]:
-    """Keep where ``log_alpha = log(scale^2 / loc^2)`` of ``Normal(loc, scale)`` is below
-    ``threshold``.
-
-    ``params`` maps a name to ``(loc, scale)``, e.g. from
-    :meth:`~pyro_sparse_bnn.sparse_guides.SparseVDGuide.loc` and ``.scale``.
-
-    >>> log_alpha_masks({"w": (torch.tensor([1.0, 0.1]), torch.tensor([1.0, 1.0]))})["w"].tolist()
-    [True, False]
-    """
-    threshold = _check_threshold(threshold, "threshold")
-    low, high = distributions.LOG_ALPHA_CLIP
-    if not low < threshold < high:
-        raise ValueError(f"threshold must lie inside the log_alpha clip range {low, high}")
-    with torch.no_grad():
-        # unclipped and without the KL's epsilon, which would keep weights whose mean and sd are
-        # both tiny (a zero mean gives log_alpha = +inf: pruned)
-        return {
-            k: 2.0 * scale.log() - loc.square().log() < threshold
-            for k, (loc, scale) in params.items()
-        }
-
-
-def default_gate_threshold(
-    beta: float = distributions.HARD_CONCRETE_BETA,
-    gamma: float = distributions.HARD_CONCRETE_GAMMA,
-    zeta: float = distributions.HARD_CONCRETE_ZETA,
-) -> float:
-    """``P(z != 0)`` of a hard-concrete gate whose deterministic test-time gate is exactly 0.
-
-    The test gate ``clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1)`` is 0 when
-    ``sigmoid(log_alpha) <= -gamma / (zeta - gamma)``; at that ``log_alpha``,
-    ``P(z != 0) = sigmoid(log_alpha - beta log(-gamma / zeta))``.
-
-    >>> round(default_gate_threshold(), 4)
-    0.3102
-    """
-    log_alpha = math.log(-gamma / zeta)  # logit(-gamma / (zeta - gamma))
-    return 1.0 / (1.0 + math.exp(-(log_alpha - beta * math.log(-gamma / zeta))))
-
-
-def gate_masks(
-    log_alphas: Mapping[str, Tensor], threshold: float | None = None
-) -> dict[str, Tensor]:
-    """Keep gates with ``P(z != 0) > threshold`` (default :func:`default_gate_threshold`).
-
-    >>> gate_masks({"g": torch.tensor([-5.0, 0.0])})["g"].tolist()
-    [False, True]
-    """
-    threshold = default_gate_threshold() if threshold is None else threshold
-    threshold = _check_threshold(threshold, "threshold")
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
-    return {
-        k: distributions.HardConcrete(la.detach()).prob_nonzero() > threshold
-        for k, la in log_alphas.items()
-    }
-
-
-def shrinkage_masks(
-    scales: Mapping[str, Tensor], reference_scale: float = 1.0, threshold: float = 0.5
-) -> dict[str, Tensor]:
-    """Keep where the mean shrinkage factor ``E[1 / (1 + (s / reference_scale)^2)] < threshold``.
-
-    ``scales`` holds posterior draws ``(chain, draw, ...)`` of a prior scale ``s`` (for a group
-    horseshoe, ``global_scale * local_scale``). ``kappa`` near 1 means the prior shrinks the weight
-    (or group) to zero; with ``reference_scale = 1`` it is the horseshoe's
-    ``1 / (1 + tau^2 lambda^2)``.
-
-    >>> s = torch.tensor([0.1, 3.0]).expand(1, 4, 2)  # (chain, draw, group)
-    >>> shrinkage_masks({"w": s})["w"].tolist()
-    [False, True]
-    """
-    reference_scale = _check_threshold(reference_scale, "reference_scale")
-    threshold = _check_threshold(threshold, "threshold")
-    if reference_scale <= 0 or not 0 < threshold < 1:
-        raise ValueError("reference_scale must be > 0 and threshold in (0, 1)")
-    out = {}
-    for name, s in scales.items():
-        if s.dim() < 2:
-            raise ValueError(f"scales[{name!r}] must be draws shaped (chain, draw, ...)")
-        kappa = 1.0 / (1.0 + (s.detach() / reference_scale) ** 2)
-        out[name] = kappa.reshape(-1, *s.shape[2:]).mean(0) < threshold
-    return out
-
-
-def magnitude_masks(weights: Mapping[str, Tensor], threshold: float) -> dict[str, Tensor]:
-    """Keep weights with ``|w| >= threshold`` (magnitude pruning).
-
-    >>> magnitude_masks({"w": torch.tensor([0.5, -0.01])}, 0.1)["w"].tolist()
-    [True, False]
-    """
-    threshold = _check_threshold(threshold, "threshold")
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    return {k: w.detach().abs() >= threshold for k, w in weights.items()}
 
 
 def _check_masks(net: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -282,7 +158,7 @@ def _flatten(net: nn.Module) -> list[nn.Module]:
 
 def _check_supported(modules: list[nn.Module]) -> None:
     for m in modules:
-        if isinstance(m, _LAYERS):
+        if isinstance(m, BAYESIAN_LAYERS):
             if isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups != 1:
                 raise ValueError(f"grouped convolutions are not supported, got {m}")
         elif not isinstance(m, _ELEMENTWISE + _POOLS + (nn.Flatten,)):
@@ -290,7 +166,7 @@ def _check_supported(modules: list[nn.Module]) -> None:
                 f"prune supports Sequential nets of Linear/Conv1d/Conv2d, elementwise activations, "
                 f"pooling and Flatten; got {type(m).__name__}"
             )
-    if not any(isinstance(m, _LAYERS) for m in modules):
+    if not any(isinstance(m, BAYESIAN_LAYERS) for m in modules):
         raise ValueError("net must contain at least one Linear or Conv layer")
 
 
@@ -447,7 +323,7 @@ def prune(net: nn.Module, example_input: Tensor | None = None) -> nn.Sequential:
     if has_conv and example_input is None:
         raise ValueError("example_input is required to prune a network with convolutions")
     shapes = _output_shapes(modules, example_input, has_conv)
-    positions = [i for i, m in enumerate(modules) if isinstance(m, _LAYERS)]
+    positions = [i for i, m in enumerate(modules) if isinstance(m, BAYESIAN_LAYERS)]
     bounds = [*positions[1:], len(modules)]
     layers = [
         _Layer(modules[i], modules[i + 1 : end], shapes[i])
@@ -509,16 +385,11 @@ def prune_result(
 
     Weights are the posterior means of the weight sites (``result.weight_moments()``, exact under
     a SparseVD guide), zeroed outside ``masks`` (``result.masks(...)``). Non-Bayesian biases are
-    the fitted ones, Bayesian biases their posterior means. A result of L0 gates
-    (``info["network"]`` with ``plain_network()``) is pruned from its deterministic test-time
-    network instead, whatever ``masks``. ``example_input`` defaults to a training row.
+    the fitted ones, Bayesian biases their posterior means. ``example_input`` (validated)
+    defaults to a training row.
     """
     net, params, x = _posterior_network(result)
-    if example_input is not None:
-        x = check_xy(example_input, model=result.model)[0]
-    gated = result.info.get("network")
-    if hasattr(gated, "plain_network"):
-        return prune(gated.plain_network(), x)
+    x = x if example_input is None else example_input
     return prune(masked_network(net, params, dict(masks)), x)
 
 
@@ -538,7 +409,7 @@ def live_masks(result: Any, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
             numbers[name] = count.reshape(mask.shape) * mask
             start += mask.numel()
     numbered = masked_network(copy.deepcopy(net).double(), params | numbers)
-    layers = [m for m in _flatten(prune(numbered, x.double())) if isinstance(m, _LAYERS)]
+    layers = [m for m in _flatten(prune(numbered, x.double())) if isinstance(m, BAYESIAN_LAYERS)]
     found = torch.cat([m.weight.reshape(-1) for m in layers])
     found = found[found != 0]
     out = {name: torch.isin(n, found) & masks[name] for name, n in numbers.items()}
@@ -549,3 +420,28 @@ def live_masks(result: Any, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
         alive = incoming.reshape(incoming.shape[0], -1).any(1)
         out[name] = masks[name] if layer == output_layer else masks[name] & alive
     return {name: out[name] for name in masks}
+
+
+def scalp_prune(
+    result: Any, threshold: float, *, sites: Sequence[str] | None = None
+) -> tuple[nn.Sequential, dict[str, Tensor]]:
+    """ScaLP's neuron pruning of a fitted ``SparseBNN``: the smaller plain network and the masks.
+
+    Weights are posterior means; in each of ``sites`` (default: every weight site but the first,
+    whose inputs are the data features) the input neurons whose outgoing mean ``|w|`` is below
+    ``threshold`` are removed, with their incoming weights (:func:`~pyro_sparse_bnn.prune.prune`).
+    The final width of a hidden layer is the ``in_features`` of the layer after it.
+    """
+    threshold = float(check_nonnegative(threshold, "threshold"))
+    net = getattr(getattr(result, "model", None), "net", None)
+    if not isinstance(net, nn.Module):
+        raise TypeError("result must be a FitResult of a SparseBNN (a model with a .net network)")
+    sites = list(result.weight_sites[1:] if sites is None else sites)
+    unknown = set(sites) - set(result.weight_sites)
+    if unknown:
+        raise ValueError(f"sites {sorted(unknown)} are not weight sites {result.weight_sites}")
+    state = net.state_dict()
+    draws = result.sample_posterior()
+    params = {k: v.mean(0) for k, v in draws.items() if k in state}
+    masks = scalp_masks({k: params[k] for k in sites}, threshold)
+    return prune(masked_network(net, params, masks), result.x[:1]), masks

@@ -4,7 +4,7 @@
 2017). Each real-valued latent site gets ``Normal(theta, exp(log_sigma2 / 2))`` sampled *at the
 site itself*, so :class:`~pyro.infer.TraceMeanField_ELBO` finds the registered analytic KL against
 :class:`~pyro_sparse_bnn.priors.LogUniform` (the SparseVD approximation) or
-:class:`~pyro_sparse_bnn.sparse_priors.ARDNormal` (the ARD closed form). Positive or bounded sites
+:class:`~pyro_sparse_bnn.priors.ProfiledARD` (the ARD closed form). Positive or bounded sites
 (hierarchical scales) get the same Normal pushed through the support's bijection, with a Monte
 Carlo KL. Weights start at the network's own initialisation, ``log_sigma2`` at -10.
 
@@ -147,6 +147,16 @@ class SparseVDGuide(LocalParams, AutoGuide):
             normal = dist.TransformedDistribution(normal, biject_to(support))
         return normal.to_event(self._event_dims[name])
 
+    def exact_moments(self, model: Any, sites: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Exact posterior ``(mean, sd)`` of those ``sites`` this guide determines: the layer
+        weights of a ``SparseBNN`` (:func:`weight_moments`) and each site it holds a Normal for."""
+        exact = {}
+        if hasattr(model, "layer_names"):
+            exact = {k: (m, v.sqrt()) for k, (m, v) in weight_moments(model, self).items()}
+        for k in set(self.site_names()) & set(sites) - set(exact):
+            exact[k] = (self.loc(k).detach().clone(), self.scale(k).detach())
+        return {k: exact[k] for k in sites if k in exact}
+
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
@@ -181,7 +191,7 @@ def _deep_setattr(module: PyroModule, name: str, value: PyroParam) -> None:
 def sparse_vd(model: Any, *, init_log_sigma2: float = DEFAULT_LOG_SIGMA2) -> SparseVDGuide:
     """The SparseVD guide for ``model`` (the ``"sparsevd"`` entry of ``guides.GUIDES``).
 
-    Use it with ``priors.LogUniform()`` (SparseVD) or ``sparse_priors.ARDNormal()`` (ARD) and an
+    Use it with ``priors.LogUniform()`` (SparseVD) or ``priors.ProfiledARD()`` (ARD) and an
     ELBO that uses analytic KLs: ``elbo="mean_field"`` in ``fit`` or the local reparameterisation
     ELBO of :mod:`pyro_sparse_bnn.lrt`.
 

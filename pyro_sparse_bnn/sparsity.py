@@ -11,6 +11,18 @@ draws of any inference method. Two rules turn relevance into keep-masks:
   most-relevant weights whose masked posterior predictive stays within a stated loss of the full
   one. A fixed threshold can cut a weight the predictions need; the budget cannot.
 
+Method-specific rules, each keyed like a ``state_dict`` (``"0.weight"``):
+
+* :func:`log_alpha_masks` - SparseVD's rule, keep where ``log_alpha = log(sigma^2 / theta^2) < 3``
+  (signal-to-noise ``|theta| / sigma > exp(-1.5)``);
+* :func:`gate_masks` - L0 gates, keep groups with ``P(z != 0)`` above a threshold (by default the
+  value below which the deterministic test-time gate is exactly 0);
+* :func:`shrinkage_masks` - scale-mixture priors, keep where the shrinkage factor
+  ``kappa = 1 / (1 + (s / reference)^2)`` of the posterior scale ``s`` is below 1/2;
+* :func:`magnitude_masks` - keep ``|w| >= threshold`` (the L1 baseline);
+* :func:`scalp_masks` - ScaLP, drop an input neuron whose outgoing mean ``|w|`` is below a
+  threshold.
+
 >>> import torch
 >>> draws = {"w": torch.tensor([[[3.0, 0.1]], [[5.0, -0.1]]])}  # (chain, draw, 2)
 >>> weight_masks(draws)["w"].tolist()
@@ -25,9 +37,15 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from . import distributions
+from .validation import check_nonnegative, check_number
+
 __all__ = [
-    "ARD_THRESHOLD", "SNR_THRESHOLD", "budget_masks", "compression", "keep_masks", "moments",
-    "neuron_masks", "relevance", "signal_to_noise", "top_masks", "weight_masks",
+    "ARD_THRESHOLD", "MAX_ACCURACY_DROP", "MAX_NLL_INCREASE", "SNR_THRESHOLD",
+    "SPARSE_VD_LOG_ALPHA", "budget_masks", "compression", "default_gate_threshold", "gate_masks",
+    "keep_masks", "log_alpha_masks", "magnitude_masks", "moments", "neuron_masks",
+    "outgoing_norms", "relevance", "scalp_masks", "shrinkage_masks", "signal_to_noise",
+    "top_masks", "weight_masks",
 ]  # fmt: skip
 
 SNR_THRESHOLD = 1.0
@@ -176,3 +194,136 @@ def compression(masks: Mapping[str, Tensor]) -> dict:
         "layer_sparsity": {k: 1.0 - float(m.float().mean()) for k, m in masks.items()},
         "kept_neurons": {k: int(m.sum()) for k, m in neurons.items()},
     }
+
+
+# Method-specific rules
+
+SPARSE_VD_LOG_ALPHA = 3.0
+"""SparseVD prunes weights with ``log_alpha`` above this (Molchanov et al. 2017)."""
+
+
+def log_alpha_masks(
+    params: Mapping[str, tuple[Tensor, Tensor]], threshold: float = SPARSE_VD_LOG_ALPHA
+) -> dict[str, Tensor]:
+    """Keep where ``log_alpha = log(scale^2 / loc^2)`` of ``Normal(loc, scale)`` is below
+    ``threshold``.
+
+    ``params`` maps a name to ``(loc, scale)``, e.g. from
+    :meth:`~pyro_sparse_bnn.sparse_guides.SparseVDGuide.loc` and ``.scale``.
+
+    >>> log_alpha_masks({"w": (torch.tensor([1.0, 0.1]), torch.tensor([1.0, 1.0]))})["w"].tolist()
+    [True, False]
+    """
+    threshold = float(check_number(threshold, "threshold"))
+    low, high = distributions.LOG_ALPHA_CLIP
+    if not low < threshold < high:
+        raise ValueError(f"threshold must lie inside the log_alpha clip range {low, high}")
+    with torch.no_grad():
+        # unclipped and without the KL's epsilon, which would keep weights whose mean and sd are
+        # both tiny (a zero mean gives log_alpha = +inf: pruned)
+        return {
+            k: 2.0 * scale.log() - loc.square().log() < threshold
+            for k, (loc, scale) in params.items()
+        }
+
+
+def default_gate_threshold(
+    beta: float = distributions.HARD_CONCRETE_BETA,
+    gamma: float = distributions.HARD_CONCRETE_GAMMA,
+    zeta: float = distributions.HARD_CONCRETE_ZETA,
+) -> float:
+    """``P(z != 0)`` of a hard-concrete gate whose deterministic test-time gate is exactly 0.
+
+    The test gate ``clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1)`` is 0 when
+    ``sigmoid(log_alpha) <= -gamma / (zeta - gamma)``; at that ``log_alpha``,
+    ``P(z != 0) = sigmoid(log_alpha - beta log(-gamma / zeta))``.
+
+    >>> round(default_gate_threshold(), 4)
+    0.3102
+    """
+    log_alpha = math.log(-gamma / zeta)  # logit(-gamma / (zeta - gamma))
+    return 1.0 / (1.0 + math.exp(-(log_alpha - beta * math.log(-gamma / zeta))))
+
+
+def gate_masks(
+    log_alphas: Mapping[str, Tensor], threshold: float | None = None
+) -> dict[str, Tensor]:
+    """Keep gates with ``P(z != 0) > threshold`` (default :func:`default_gate_threshold`).
+
+    >>> gate_masks({"g": torch.tensor([-5.0, 0.0])})["g"].tolist()
+    [False, True]
+    """
+    threshold = default_gate_threshold() if threshold is None else threshold
+    threshold = float(check_number(threshold, "threshold"))
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
+    return {
+        k: distributions.HardConcrete(la.detach()).prob_nonzero() > threshold
+        for k, la in log_alphas.items()
+    }
+
+
+def shrinkage_masks(
+    scales: Mapping[str, Tensor], reference_scale: float = 1.0, threshold: float = 0.5
+) -> dict[str, Tensor]:
+    """Keep where the mean shrinkage factor ``E[1 / (1 + (s / reference_scale)^2)] < threshold``.
+
+    ``scales`` holds posterior draws ``(chain, draw, ...)`` of a prior scale ``s`` (for a group
+    horseshoe, ``global_scale * local_scale``). ``kappa`` near 1 means the prior shrinks the weight
+    (or group) to zero; with ``reference_scale = 1`` it is the horseshoe's
+    ``1 / (1 + tau^2 lambda^2)``.
+
+    >>> s = torch.tensor([0.1, 3.0]).expand(1, 4, 2)  # (chain, draw, group)
+    >>> shrinkage_masks({"w": s})["w"].tolist()
+    [False, True]
+    """
+    reference_scale = float(check_number(reference_scale, "reference_scale"))
+    threshold = float(check_number(threshold, "threshold"))
+    if reference_scale <= 0 or not 0 < threshold < 1:
+        raise ValueError("reference_scale must be > 0 and threshold in (0, 1)")
+    out = {}
+    for name, s in scales.items():
+        if s.dim() < 2:
+            raise ValueError(f"scales[{name!r}] must be draws shaped (chain, draw, ...)")
+        kappa = 1.0 / (1.0 + (s.detach() / reference_scale) ** 2)
+        out[name] = kappa.reshape(-1, *s.shape[2:]).mean(0) < threshold
+    return out
+
+
+def magnitude_masks(weights: Mapping[str, Tensor], threshold: float) -> dict[str, Tensor]:
+    """Keep weights with ``|w| >= threshold`` (magnitude pruning).
+
+    >>> magnitude_masks({"w": torch.tensor([0.5, -0.01])}, 0.1)["w"].tolist()
+    [True, False]
+    """
+    threshold = float(check_number(threshold, "threshold"))
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    return {k: w.detach().abs() >= threshold for k, w in weights.items()}
+
+
+def outgoing_norms(weight: Tensor) -> Tensor:
+    """Mean ``|w|`` of each input neuron's (channel's) outgoing weights: ``weight[:, k, ...]``.
+
+    >>> outgoing_norms(torch.tensor([[1.0, 0.0], [-3.0, 0.5]])).tolist()
+    [2.0, 0.25]
+    """
+    if not isinstance(weight, Tensor) or weight.dim() < 2:
+        raise ValueError("weight must be a tensor of shape (out, in, ...)")
+    dims = [d for d in range(weight.dim()) if d != 1]
+    return weight.abs().mean(dim=dims)
+
+
+def scalp_masks(weights: Mapping[str, Tensor], threshold: float) -> dict[str, Tensor]:
+    """Keep-masks shaped like each weight: input neuron ``k``'s column is dropped when
+    ``outgoing_norms(w)[k] < threshold``. ``sparsity.compression`` reads them as usual.
+
+    >>> scalp_masks({"2.weight": torch.tensor([[1.0, 0.0], [-3.0, 0.5]])}, 0.5)["2.weight"].tolist()
+    [[True, False], [True, False]]
+    """
+    threshold = float(check_nonnegative(threshold, "threshold"))
+    out = {}
+    for name, w in weights.items():
+        keep = outgoing_norms(w) >= threshold
+        out[name] = keep.reshape(1, -1, *(1,) * (w.dim() - 2)).expand_as(w).clone()
+    return out

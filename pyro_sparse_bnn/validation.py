@@ -13,6 +13,8 @@ __all__ = [
     "as_tensor",
     "check_bool",
     "check_choice",
+    "check_nonnegative",
+    "check_number",
     "check_positive",
     "check_positive_int",
     "check_xy",
@@ -62,15 +64,58 @@ def check_xy(x: Any, y: Any = None, *, model: Any = None) -> tuple[Tensor, Tenso
     return x, y
 
 
-def check_positive(value: Any, name: str, *, integer: bool = False) -> Any:
-    """A finite positive number (an int if ``integer``), else ``ValueError``/``TypeError``."""
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    integer: bool = False,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
+    """A finite number (an int if ``integer``) in the interval from ``low`` to ``high`` (each end
+    closed unless ``*_open``): a ``TypeError`` for another type, a ``ValueError`` outside.
+
+    >>> check_number(0.5, "rate", low=0, high=1, low_open=True, high_open=True)
+    0.5
+    >>> check_number(1.0, "rate", low=0, high=1, low_open=True, high_open=True)
+    Traceback (most recent call last):
+    ValueError: rate must be in (0, 1), got 1.0
+    >>> check_number(2.5, "num_chains", integer=True, low=1)
+    Traceback (most recent call last):
+    TypeError: num_chains must be an int, got 2.5
+    """
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an int" if integer else "a number"
-        raise TypeError(f"{name} must be {kind}, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {value!r}")
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if not math.isfinite(value) or below or above:
+        raise ValueError(
+            f"{name} must be {_interval(low, high, low_open, high_open)}, got {value!r}"
+        )
     return value
+
+
+def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    if high == math.inf:
+        if low == -math.inf:
+            return "finite"
+        return f"{'>' if low_open else '>='} {low:g}" if low != 0 or not low_open else "positive"
+    if low == -math.inf:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def check_positive(value: Any, name: str, *, integer: bool = False) -> Any:
+    """A finite positive number (an int if ``integer``), else ``ValueError``/``TypeError``."""
+    return check_number(value, name, integer=integer, low=0, low_open=True)
+
+
+def check_nonnegative(value: Any, name: str, *, integer: bool = False) -> Any:
+    """A finite number (an int if ``integer``) >= 0, else ``ValueError``/``TypeError``."""
+    return check_number(value, name, integer=integer, low=0)
 
 
 def check_positive_int(value: Any, name: str) -> int:

@@ -464,7 +464,12 @@ RESULT_CASES = [
         TypeError,
         "masked",
     ),
-    case("masks-by", lambda r: r.masks(by="psi"), ValueError, "by must be 'snr' or 'ard'"),
+    case(
+        "masks-by",
+        lambda r: r.masks(by="psi"),
+        ValueError,
+        r"by must be one of \['snr'\] for this 'svi' result, got 'psi'",
+    ),
     case("masks-by-ard-without-ard", lambda r: r.masks(by="ard"), ValueError, "ard=True"),
     case(
         "predict-masks-unknown-site",

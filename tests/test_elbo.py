@@ -152,12 +152,10 @@ def test_num_particles_is_validated():
 
 
 def test_profiled_ard_prior_needs_a_normal_guide_site():
-    """ARDNormal's KL exists only in closed form against a Normal guide site: the mean-field
+    """ProfiledARD's KL exists only in closed form against a Normal guide site: the mean-field
     guide (AutoNormal: a Delta site) is refused with a message that names the fix."""
     X, y = psb.datasets.load("iris")
-    bnn = psb.SparseBNN(
-        psb.mlp([4, 3]), psb.sparse_priors.ARDNormal(), psb.likelihoods.Categorical()
-    )
+    bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.ProfiledARD(), psb.likelihoods.Categorical())
     with pytest.raises(ValueError, match="sparsevd"):
         psb.fit(bnn, X, y, guide="mean_field", epochs=2, progress=False)
     fit = psb.fit(bnn, X, y, guide="sparsevd", epochs=2, progress=False)

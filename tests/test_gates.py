@@ -11,7 +11,7 @@ from torch import nn
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.distributions import HardConcrete
 from pyro_sparse_bnn.gates import LOG_ALPHA_RANGE, GatedLayer, L0Network
-from pyro_sparse_bnn.prune import default_gate_threshold, gate_masks
+from pyro_sparse_bnn.sparsity import default_gate_threshold, gate_masks
 
 N = 20_000
 LOG_ALPHAS = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0])

@@ -13,14 +13,12 @@ from pyro_sparse_bnn.prune import (
     SelectFeatures,
     apply_masks,
     live_masks,
-    log_alpha_masks,
-    magnitude_masks,
     masked_network,
     prune,
     prune_result,
-    shrinkage_masks,
 )
 from pyro_sparse_bnn.sparse_guides import weight_moments
+from pyro_sparse_bnn.sparsity import log_alpha_masks, magnitude_masks, shrinkage_masks
 
 
 def n_params(net):

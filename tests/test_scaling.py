@@ -9,14 +9,9 @@ import pytest
 import torch
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.scaling import (
-    PROFILES,
-    ScaLP,
-    outgoing_norms,
-    scaling_factors,
-    scalp_masks,
-    scalp_prune,
-)
+from pyro_sparse_bnn.priors import PROFILES, ScaLP, scaling_factors
+from pyro_sparse_bnn.prune import scalp_prune
+from pyro_sparse_bnn.sparsity import outgoing_norms, scalp_masks
 
 WIDTHS = [100, 1000, 10_000]
 

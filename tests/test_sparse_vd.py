@@ -12,9 +12,9 @@ from pyro.infer import TraceMeanField_ELBO
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.distributions import ard_kl, sparse_vd_kl
 from pyro_sparse_bnn.lrt import LocalReparameterizationELBO
-from pyro_sparse_bnn.prune import log_alpha_masks
+from pyro_sparse_bnn.priors import GroupLogUniform, ProfiledARD
 from pyro_sparse_bnn.sparse_guides import SparseVDGuide, sparse_vd, weight_moments
-from pyro_sparse_bnn.sparse_priors import ARDNormal, GroupLogUniform
+from pyro_sparse_bnn.sparsity import log_alpha_masks
 
 
 def digits_bnn(prior, sizes=(64, 32, 10)):
@@ -35,7 +35,7 @@ def test_guide_starts_at_the_network_and_log_sigma2():
 
 
 @pytest.mark.parametrize(
-    "prior, kl", [(psb.priors.LogUniform(), sparse_vd_kl), (ARDNormal(), ard_kl)]
+    "prior, kl", [(psb.priors.LogUniform(), sparse_vd_kl), (ProfiledARD(), ard_kl)]
 )
 def test_mean_field_elbo_uses_the_registered_kl(prior, kl):
     """With the likelihood hidden, TraceMeanField_ELBO's loss is exactly the sum of the analytic
@@ -174,4 +174,4 @@ def test_input_validation():
     with pytest.raises(TypeError, match="init_log_sigma2"):
         sparse_vd(digits_bnn(psb.priors.LogUniform()), init_log_sigma2="low")
     with pytest.raises(TypeError, match="run once"):
-        weight_moments(digits_bnn(ARDNormal()), sparse_vd(digits_bnn(ARDNormal())))
+        weight_moments(digits_bnn(ProfiledARD()), sparse_vd(digits_bnn(ProfiledARD())))

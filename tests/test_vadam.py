@@ -289,9 +289,7 @@ BAD_ARGUMENTS: list[tuple[Callable[..., Vadam], dict, str]] = [
     (Vadam, {"num_data": 0}, "num_data"),
     (Vadam, {"num_data": -5}, "num_data"),
     (Vadam, {"num_data": float("inf")}, "num_data"),
-    (Vadam, {"num_data": True}, "num_data"),
     (Vadam, {"num_particles": 0}, "num_particles"),
-    (Vadam, {"num_particles": 1.5}, "num_particles"),
     (Vadam, {"prior_precision": 0.0}, "prior_precision"),
     (Vadam, {"prior_precision": -1.0}, "prior_precision"),
     (Vadam, {"prior_precision": float("inf")}, "prior_precision"),
@@ -317,6 +315,12 @@ def test_bad_arguments_name_the_argument(
     kwargs = {"num_data": 10, **kwargs}
     with pytest.raises(ValueError, match=name):
         cls(_w(), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"num_data": True}, {"num_particles": 1.5}])
+def test_arguments_of_the_wrong_type_are_type_errors(kwargs: dict) -> None:
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        Vadam(_w(), **{"num_data": 10, **kwargs})
 
 
 def test_bad_group_option_names_the_argument() -> None:

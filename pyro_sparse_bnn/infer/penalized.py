@@ -40,9 +40,10 @@ from ..likelihoods import Categorical, Gaussian
 from ..nn import BAYESIAN_LAYERS, SparseBNN
 from ..penalties import Penalty, glorot_penalties, total_penalty
 from ..priors import Normal
-from ..prune import gate_masks
+from ..sparsity import gate_masks
 from ..validation import check_choice, check_positive, check_positive_int, check_xy
 from .loop import LR_SCHEDULES, LoopOptions, check_step, lr_scheduler
+from .posterior import GatedPosterior, Posterior
 from .result import FitResult
 
 __all__ = ["fit_l0", "fit_l1"]
@@ -139,11 +140,18 @@ def _nll(model: SparseBNN) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def _result(
-    model: SparseBNN, net: nn.Module, draws: dict[str, Tensor], method: str, x, y, info
+    model: SparseBNN,
+    net: nn.Module,
+    draws: dict[str, Tensor],
+    method: str,
+    x: Tensor,
+    y: Tensor,
+    info: dict[str, Any],
+    posterior: Posterior | None = None,
 ) -> FitResult:
     plain = SparseBNN(net, Normal(), model.likelihood)
     samples = {k: v.unsqueeze(0) for k, v in draws.items()}
-    return FitResult(plain, samples, method=method, x=x, y=y, info=info)
+    return FitResult(plain, samples, method=method, x=x, y=y, info=info, posterior=posterior)
 
 
 def _l1_factors(l1: Any, net: nn.Module, n_data: int) -> dict[str, float]:
@@ -293,4 +301,4 @@ def fit_l0(
     draws = gated.sample_weights(num_posterior_samples)
     log_alphas = {k: gated.gated(k).log_alpha for k in gated.layer_names}
     info |= {"network": gated, "prob_nonzero": probs, "gate_masks": gate_masks(log_alphas)}
-    return _result(model, gated.plain_network(), draws, "l0", x, y, info)
+    return _result(model, gated.plain_network(), draws, "l0", x, y, info, GatedPosterior(gated))

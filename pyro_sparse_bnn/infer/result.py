@@ -29,25 +29,23 @@ from .._version import __version__
 from ..io import atomic_path
 from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
-from ..prune import live_masks, prune_result
+from ..prune import live_masks
 from ..sites import unwrap
-from ..sparse_guides import SparseVDGuide, weight_moments
 from ..sparsity import (
     MAX_ACCURACY_DROP,
     MAX_NLL_INCREASE,
     budget_masks,
     compression,
     keep_masks,
-    moments,
     neuron_masks,
-    signal_to_noise,
 )
 from ..validation import check_bool, check_positive_int, check_xy
+from .posterior import Posterior, guide_posterior
 
 __all__ = ["FitResult"]
 
 FILE_FORMAT = "pyro_sparse_bnn.FitResult"
-FILE_FORMAT_VERSION = 1
+FILE_FORMAT_VERSION = 2
 _CHUNK = 50  # posterior draws per vectorised pass through the model
 Masking = bool | Mapping[str, Tensor]  # no masks, ``masks(threshold)``, or the given keep-masks
 _DEFAULT_BUDGET = ("snr", MAX_NLL_INCREASE, MAX_ACCURACY_DROP)  # the cache key of ``masks()``
@@ -100,6 +98,9 @@ class FitResult:
         info: method-specific extras (training history, seconds, ...).
         sample_stats: per-draw sampler statistics ``(chain, draw)`` (MCMC).
         guide: the fitted guide of a variational method (fresh draws come from it).
+        posterior: what the method knows beyond the draws (exact moments, ARD relevance, a
+            gated network: :mod:`~pyro_sparse_bnn.infer.posterior`); by default what the guide
+            knows, else estimates from the draws.
 
     >>> import pyro_sparse_bnn as psb
     >>> X, y = psb.datasets.load("iris")
@@ -125,6 +126,7 @@ class FitResult:
         info: dict[str, Any] | None = None,
         sample_stats: dict[str, Tensor] | None = None,
         guide: Callable | None = None,
+        posterior: Posterior | None = None,
     ) -> None:
         self.model = model
         self.samples = samples
@@ -133,6 +135,7 @@ class FitResult:
         self.info = dict(info or {})
         self.sample_stats = dict(sample_stats or {})
         self.guide = guide
+        self.posterior = guide_posterior(guide) if posterior is None else posterior
         self.weight_sites = self._find_weight_sites()
         self._vectorisable: bool | None = None
         self._budget_masks: dict[tuple, dict[str, Tensor]] = {}
@@ -195,38 +198,23 @@ class FitResult:
     def weight_moments(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Posterior ``(mean, sd)`` of every weight site.
 
-        Exact under a :class:`~pyro_sparse_bnn.sparse_guides.SparseVDGuide` (its Gaussian
-        moments), otherwise estimated from the stored draws, whose sampling noise floors the
-        relevance of a zero-mean weight at about ``1 / sqrt(draws)``.
+        Exact where the method knows them (a SparseVD guide's Gaussian moments), otherwise
+        estimated from the stored draws, whose sampling noise floors the relevance of a
+        zero-mean weight at about ``1 / sqrt(draws)``.
         """
-        exact: dict[str, tuple[Tensor, Tensor]] = {}
-        if isinstance(self.guide, SparseVDGuide) and hasattr(self.model, "layer_names"):
-            layers = weight_moments(self.model, self.guide)
-            exact = {k: (mean, var.sqrt()) for k, (mean, var) in layers.items()}
-            # sites beside the layer weights (biases under ``bias_prior``): the guide's own Normal
-            for k in set(self.guide.site_names()) & set(self.weight_sites) - set(exact):
-                exact[k] = (self.guide.loc(k).detach().clone(), self.guide.scale(k).detach())
-        return {k: exact[k] if k in exact else moments(self.samples[k]) for k in self.weight_sites}
+        return self.posterior.weight_moments(self)
 
     @isolated
     def relevance(self, by: str = "snr") -> dict[str, Tensor]:
         """Relevance per weight site, high for weights to keep.
 
         ``by="snr"``: the posterior signal-to-noise ``|mean| / sd`` (:meth:`weight_moments`).
-        ``by="ard"``: the learned ARD prior variance ``1 / E[psi_j]`` of a
-        ``fit(method="vadam", ard=True)`` result (``info["prior_precision"]``); the precision of
-        a weight the data do not support grows without bound, so its variance goes to zero.
+        ``by="ard"`` (``fit(method="vadam", ard=True)``): the learned ARD prior variance
+        ``1 / E[psi_j]``; the precision of a weight the data do not support grows without bound,
+        so its variance goes to zero. ``self.posterior.relevance_rules`` lists what this result
+        offers.
         """
-        if by == "snr":
-            return {k: signal_to_noise(*m) for k, m in self.weight_moments().items()}
-        if by != "ard":
-            raise ValueError(f"by must be 'snr' or 'ard', got {by!r}")
-        if not self.info.get("ard"):
-            raise ValueError(
-                "by='ard' needs the ARD precisions of fit(method='vadam', ard=True); this "
-                f"result is from method {self.method!r} without them"
-            )
-        return {k: 1.0 / self.info["prior_precision"][k] for k in self.weight_sites}
+        return self.posterior.relevance(self, by)
 
     @isolated
     def masks(
@@ -290,7 +278,9 @@ class FitResult:
         """A plain, smaller ``nn.Sequential``: posterior-mean weights outside
         :meth:`masks` ``(threshold, by)`` zeroed and dead neurons/channels removed
         (``exp(-1.5)`` is SparseVD's ``log_alpha > 3``). Its outputs equal the masked network's."""
-        return prune_result(self, self.masks(threshold, by), example_input)
+        if example_input is not None:
+            example_input = check_xy(example_input, model=self.model)[0]
+        return self.posterior.prune(self, self.masks(threshold, by), example_input)
 
     @isolated
     def compression(self, threshold: float | None = None, by: str = "snr") -> dict:
@@ -608,4 +598,4 @@ def _weight_dims(
     return dims, coords
 
 
-_SAVED = ("model", "samples", "method", "x", "y", "info", "sample_stats", "guide")
+_SAVED = ("model", "samples", "method", "x", "y", "info", "sample_stats", "guide", "posterior")

@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from ..validation import check_number, check_positive
+
 __all__ = [
     "EM_WEIGHTS",
     "SGHMC",
@@ -61,22 +63,6 @@ Params = Tensor | Sequence[Tensor]
 Schedule = Callable[[int], float]
 GradFn = Callable[[Params, torch.Generator | None], Params]
 Hook = Callable[[int, Params], Params | None]
-
-
-def _check_positive(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return float(value)
-
-
-def _check_count(value: int, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _as_list(params: Params, name: str) -> list[Tensor]:
@@ -115,7 +101,7 @@ class ConstantSchedule:
     value: float
 
     def __post_init__(self) -> None:
-        _check_positive(self.value, "value")
+        float(check_positive(self.value, "value"))
 
     def __call__(self, k: int) -> float:
         return self.value
@@ -137,13 +123,13 @@ class PolynomialDecay:
     maximum: float | None = None
 
     def __post_init__(self) -> None:
-        _check_positive(self.scale, "scale")
+        float(check_positive(self.scale, "scale"))
         if self.offset <= -1:
             raise ValueError(f"offset must be > -1 so that offset + k > 0, got {self.offset}")
         if self.power < 0:
             raise ValueError(f"power must be >= 0, got {self.power}")
         if self.maximum is not None:
-            _check_positive(self.maximum, "maximum")
+            float(check_positive(self.maximum, "maximum"))
 
     def __call__(self, k: int) -> float:
         value = self.scale * (self.offset + k) ** (-self.power)
@@ -161,7 +147,7 @@ EM_WEIGHTS = ConstantSchedule(1.0)
 def _as_schedule(value: float | Schedule, name: str) -> Schedule:
     if callable(value):
         return value
-    return ConstantSchedule(_check_positive(value, name))
+    return ConstantSchedule(float(check_positive(value, name)))
 
 
 @dataclass(frozen=True)
@@ -185,7 +171,7 @@ class SparseRateSchedule:
             raise ValueError(f"target must be in [0, 1), got {self.target}")
         if not 0 < self.damping < 1:
             raise ValueError(f"damping must be in (0, 1), got {self.damping}")
-        _check_positive(self.period, "period")
+        float(check_positive(self.period, "period"))
 
     def __call__(self, k: int) -> float:
         return self.target * (1.0 - self.damping ** (k / self.period))
@@ -215,9 +201,9 @@ class RMSPreconditioner:
     def __post_init__(self) -> None:
         if not 0 <= self.decay < 1:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
-        _check_positive(self.epsilon, "epsilon")
+        float(check_positive(self.epsilon, "epsilon"))
         if self.adapt_until is not None:
-            _check_count(self.adapt_until, "adapt_until", 1)
+            check_number(self.adapt_until, "adapt_until", integer=True, low=1)
 
     def update(
         self, sq_grad_avg: Tensor | None, grad: Tensor, iteration: int
@@ -272,7 +258,7 @@ class LangevinIntegrator:
         if not 0 < friction <= 1:
             raise ValueError(f"friction must be in (0, 1], got {friction}")
         self.friction = float(friction)
-        self.temperature = _check_positive(temperature, "temperature")
+        self.temperature = float(check_positive(temperature, "temperature"))
         if gradient_noise < 0:
             raise ValueError(f"gradient_noise must be >= 0, got {gradient_noise}")
         self.gradient_noise = float(gradient_noise)
@@ -407,7 +393,7 @@ class MinibatchGradient:
                 f"{[tuple(t.shape) for t in self.data]}"
             )
         self.batch_size = self.num_data if batch_size is None else batch_size
-        _check_count(self.batch_size, "batch_size", 1)
+        check_number(self.batch_size, "batch_size", integer=True, low=1)
         if self.batch_size > self.num_data:
             raise ValueError(f"batch_size must be <= {self.num_data} (the data size)")
         self.log_likelihood = log_likelihood
@@ -464,9 +450,9 @@ def run_sgmcmc(
     """
     if not isinstance(integrator, LangevinIntegrator):
         raise TypeError("integrator must be a LangevinIntegrator (e.g. SGLD or SGHMC)")
-    _check_count(num_samples, "num_samples", 1)
-    _check_count(warmup, "warmup", 0)
-    _check_count(thin, "thin", 1)
+    check_number(num_samples, "num_samples", integer=True, low=1)
+    check_number(warmup, "warmup", integer=True, low=0)
+    check_number(thin, "thin", integer=True, low=1)
     state = integrator.init(init)
     if any(p.dim() == 0 for p in state.params):
         raise ValueError("init tensors need a leading chain dimension (use shape (1, ...))")
@@ -585,7 +571,7 @@ def _sigma_coefficients(
     r_c = ridge + nu * lam
     if rss is None:
         return p + nu + 2.0, r_b, r_c
-    r_a = _check_count(num_data, "num_data", 1) + p + nu
+    r_a = check_number(num_data, "num_data", integer=True, low=1) + p + nu
     return r_a, r_b, r_c + torch.as_tensor(rss, dtype=like.dtype, device=like.device)
 
 
@@ -642,17 +628,21 @@ class SSGL:
         if not isinstance(w, Tensor) or w.dim() == 0 or not w.dtype.is_floating_point:
             raise TypeError("w must be a floating-point tensor of shape (..., p)")
         for name, value in (("v0", v0), ("v1", v1), ("nu", nu), ("lam", lam), ("sigma", sigma)):
-            _check_positive(value, name)
+            float(check_positive(value, name))
         if a < 1:
             raise ValueError(f"a must be >= 1 so that delta stays non-negative, got {a}")
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
         p = w.shape[-1]
-        sizes = [p] if groups is None else [_check_count(g, "groups", 1) for g in groups]
+        sizes = (
+            [p]
+            if groups is None
+            else [check_number(g, "groups", integer=True, low=1) for g in groups]
+        )
         if sum(sizes) != p:
             raise ValueError(f"groups must sum to the number of weights {p}, got {sizes}")
         self.v0, self.v1, self.nu, self.lam, self.a = v0, v1, nu, lam, a
-        self.b = None if b is None else _check_positive(b, "b")
+        self.b = None if b is None else float(check_positive(b, "b"))
         self.groups = None if groups is None else tuple(sizes)
         w = w.detach()
         opts = {"dtype": w.dtype, "device": w.device}

@@ -49,7 +49,14 @@ from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
 from ..sites import is_improper, unvalidated, unwrap
 from ..sparsity import budget_masks, relevance
-from ..validation import as_tensor, check_choice, check_positive, check_positive_int, check_xy
+from ..validation import (
+    as_tensor,
+    check_choice,
+    check_number,
+    check_positive,
+    check_positive_int,
+    check_xy,
+)
 from .result import FitResult
 from .sgmcmc import (
     EM_WEIGHTS,
@@ -508,22 +515,6 @@ def _check_schedule(value: Any, name: str) -> Schedule:
     return ConstantSchedule(check_positive(value, name))
 
 
-def _check_count(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_fraction(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not low <= value < high:
-        raise ValueError(f"{name} must be in [{low}, {high}), got {value!r}")
-    return float(value)
-
-
 def _integrator(
     sampler: str,
     step_size: float | Schedule,
@@ -543,7 +534,7 @@ def _integrator(
         if friction is not None:
             raise ValueError("friction applies to sampler='sghmc' only")
         return SGLD(step_size, temperature=temperature, preconditioner=preconditioner)
-    friction = 0.1 if friction is None else _check_fraction(friction, "friction", 0.0, 1.0 + 1e-12)
+    friction = 0.1 if friction is None else float(check_number(friction, "friction", low=0, high=1))
     if friction == 0.0:
         raise ValueError("friction must be in (0, 1], got 0")
     return SGHMC(step_size, friction, temperature=temperature, preconditioner=preconditioner)
@@ -679,10 +670,10 @@ def fit_sgmcmc(
         raise ValueError(
             f"sa={sa!r} needs prior='ssgl' (the SA/EM updates belong to the SSGL prior)"
         )
-    num_samples = _check_count(num_samples, "num_samples", 1)
-    warmup = _check_count(warmup, "warmup", 0)
-    thin = _check_count(thin, "thin", 1)
-    num_chains = _check_count(num_chains, "num_chains", 1)
+    num_samples = check_number(num_samples, "num_samples", integer=True, low=1)
+    warmup = check_number(warmup, "warmup", integer=True, low=0)
+    thin = check_number(thin, "thin", integer=True, low=1)
+    num_chains = check_number(num_chains, "num_chains", integer=True, low=1)
     batch_size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
     if step_size is None:
         step_size = (0.1 if sampler == "sgld" else 0.01) / n
@@ -709,10 +700,10 @@ def fit_sgmcmc(
             )
         if pruning == "inclusion" and warmup == 0:
             raise ValueError("pruning='inclusion' prunes at the end of warm-up: warmup must be > 0")
-    _check_fraction(sparsity, "sparsity", 0.0, 1.0)
-    _check_fraction(sparsity_damping, "sparsity_damping", 1e-12, 1.0)
-    _check_fraction(inclusion_threshold, "inclusion_threshold", 0.0, 1.0)
-    prune_every = _check_count(prune_every, "prune_every", 1)
+    check_number(sparsity, "sparsity", low=0.0, high=1.0, high_open=True)
+    check_number(sparsity_damping, "sparsity_damping", low=0, high=1, low_open=True, high_open=True)
+    check_number(inclusion_threshold, "inclusion_threshold", low=0.0, high=1.0, high_open=True)
+    prune_every = check_number(prune_every, "prune_every", integer=True, low=1)
     if sparsity_period is None:
         sparsity_period = max(warmup, 1) * math.log(sparsity_damping) / math.log(0.01)
     check_positive(sparsity_period, "sparsity_period")

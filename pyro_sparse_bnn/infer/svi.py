@@ -124,6 +124,15 @@ def fit_svi(
             per minibatch shape, worth it for long fits of large layers).
 
     The loss is the negative ELBO per training row; the history is in ``result.info["history"]``.
+
+    >>> import pyro_sparse_bnn as psb
+    >>> X, y = psb.datasets.load("iris")
+    >>> bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
+    >>> result = fit_svi(bnn, X, y, epochs=300, lr=0.05, progress=False)
+    >>> result.info["epochs_run"], result.info["history"][-1] < result.info["history"][0]
+    (300, True)
+    >>> result.evaluate(X, y)["accuracy"] > 0.9
+    True
     """
     x, y = check_xy(X, y, model=model)
     if y is None:

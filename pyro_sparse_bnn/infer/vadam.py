@@ -55,7 +55,6 @@ use ``fit(model, X, y, method="vadam")`` (:mod:`pyro_sparse_bnn.infer.vadam_fit`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -64,26 +63,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..validation import check_nonnegative, check_positive, check_positive_int
+
 __all__ = ["VOGN", "Vadam", "VadamARD"]
-
-
-def _check_positive(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-
-
-def _check_nonnegative(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-
-
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_batch(batch: Any) -> tuple[Tensor, ...]:
@@ -197,8 +179,8 @@ class Vadam(torch.optim.Optimizer):
         per_example_grads: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        _check_positive(num_data, "num_data")
-        _check_positive_int(num_particles, "num_particles")
+        check_positive(num_data, "num_data")
+        check_positive_int(num_particles, "num_particles")
         self.num_data = num_data
         self.num_particles = num_particles
         self.per_example_grads = bool(per_example_grads)
@@ -214,12 +196,12 @@ class Vadam(torch.optim.Optimizer):
         self.register_state_dict_post_hook(_drop_scratch)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        _check_positive(group["lr"], "lr")
+        check_positive(group["lr"], "lr")
         _check_betas(group["betas"])
-        _check_positive(group["prior_precision"], "prior_precision")
-        _check_nonnegative(group["eps"], "eps")
+        check_positive(group["prior_precision"], "prior_precision")
+        check_nonnegative(group["eps"], "eps")
         if group["prec_init"] is not None:
-            _check_positive(group["prec_init"], "prec_init")
+            check_positive(group["prec_init"], "prec_init")
             if group["prec_init"] < group["prior_precision"]:
                 raise ValueError(
                     f"prec_init must be at least prior_precision ({group['prior_precision']}), "
@@ -582,10 +564,10 @@ class VadamARD(Vadam):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
-        _check_nonnegative(group["a0"], "a0")
-        _check_nonnegative(group["b0"], "b0")
-        _check_positive(group["psi_min"], "psi_min")
-        _check_positive(group["psi_max"], "psi_max")
+        check_nonnegative(group["a0"], "a0")
+        check_nonnegative(group["b0"], "b0")
+        check_positive(group["psi_min"], "psi_min")
+        check_positive(group["psi_max"], "psi_max")
         if group["psi_max"] <= group["psi_min"]:
             raise ValueError(
                 f"psi_max must exceed psi_min ({group['psi_min']}), got {group['psi_max']!r}"

@@ -67,10 +67,18 @@ from ..distributions import ARDNormal
 from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
 from ..sites import unwrap
-from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from ..validation import (
+    check_bool,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_xy,
+)
 from .loop import LoopOptions, TensorState, check_step
+from .posterior import ARDPosterior
 from .result import FitResult
-from .vadam import Vadam, VadamARD, _check_betas, _check_nonnegative
+from .vadam import Vadam, VadamARD, _check_betas
 
 __all__ = ["VARIANTS", "fit_vadam"]
 
@@ -269,12 +277,6 @@ def _warn_replaced(sites: _Sites, ard: bool, prior_precision: float | None) -> N
             )
 
 
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
 @isolated
 def fit_vadam(
     model: Callable,
@@ -355,7 +357,7 @@ def fit_vadam(
     check_seed(seed)
     if y is None:
         raise ValueError("y is required for fitting")
-    _check_bool(ard, "ard")
+    check_bool(ard, "ard")
     check_choice(variant, "variant", VARIANTS)
     epochs = check_positive_int(epochs, "epochs")
     n = x.shape[0]
@@ -367,9 +369,9 @@ def fit_vadam(
         check_positive(prior_precision, "prior_precision")
     if per_example_grads is None:
         per_example_grads = batch_size > 1
-    _check_bool(per_example_grads, "per_example_grads")
-    _check_nonnegative(a0, "a0")
-    _check_nonnegative(b0, "b0")
+    check_bool(per_example_grads, "per_example_grads")
+    check_nonnegative(a0, "a0")
+    check_nonnegative(b0, "b0")
     check_positive(kl_weight, "kl_weight")
     if not ard:
         ard_only = {"variant": variant != "gamma", "a0": a0 != 0.0, "b0": b0 != 0.0}
@@ -492,7 +494,8 @@ def fit_vadam(
         **run,
         "optimizer": opt,
     }
-    return FitResult(model, samples, method="vadam", x=x, y=y, info=info)
+    posterior = ARDPosterior({k: 1.0 / v for k, v in precision.items()}) if ard else None
+    return FitResult(model, samples, method="vadam", x=x, y=y, info=info, posterior=posterior)
 
 
 def _vmapped_step(opt: Vadam, closure: Callable[..., Tensor], batch: tuple[Tensor, ...]) -> Tensor:

@@ -1,12 +1,11 @@
-"""Priors of the sparse variational families: profiled ARD and group log-uniform (normal-Jeffreys).
+"""Improper priors of the sparse variational families, fitted with a guide (SVI), never sampled.
 
-* :class:`ARDNormal` - ``Normal(0, 1/tau)`` per weight with ``tau`` at its optimum for the
-  posterior, one site per weight tensor (the analytic KL is ``0.5 * log1p(1 / alpha)``).
-* :class:`GroupLogUniform` - Bayesian-compression's group normal-Jeffreys prior: one
+* :class:`LogUniform` - ``p(w) ∝ 1/|w|``, the prior of sparse variational dropout;
+* :class:`ProfiledARD` - ``Normal(0, 1/tau)`` per weight with ``tau`` at its optimum for the
+  posterior (the analytic KL is ``0.5 * log1p(1 / alpha)``);
+* :class:`GroupLogUniform` - Bayesian compression's group normal-Jeffreys prior: one
   multiplicative variable ``z`` per input neuron (or output neuron / channel) with
   ``p(z) ∝ 1/|z|``, and ``w = z * w_tilde`` with ``w_tilde ~ Normal(0, 1)`` (non-centred).
-
-Both fit with a guide (SVI); they are improper and cannot be sampled.
 
 >>> import pyro, torch
 >>> from pyro_sparse_bnn import SparseBNN, mlp, likelihoods
@@ -24,13 +23,32 @@ from collections.abc import Sequence
 import pyro
 from torch import Tensor
 
-from . import distributions
-from .priors import WEIGHT_TAG, Groups, Prior, _check_shape
+from .. import distributions
+from .base import WEIGHT_TAG, Groups, Prior, _check_shape
 
-__all__ = ["ARDNormal", "GroupLogUniform"]
+__all__ = ["GroupLogUniform", "LogUniform", "ProfiledARD"]
 
 
-class ARDNormal(Prior):
+class LogUniform(Prior):
+    """The improper log-uniform prior ``p(w) ∝ 1/|w|`` of sparse variational dropout.
+
+    It is the scale mixture with ``p(s) ∝ 1/s`` integrated out, so it emits the single site
+    ``name``. It has no draws: fit it with a guide (SVI), never with MCMC or prior predictive runs.
+
+    >>> LogUniform()
+    LogUniform(groups=None, centered=True)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(centered=True)
+
+    def sample(self, name: str, shape: Sequence[int]) -> Tensor:
+        shape = _check_shape(shape)
+        law = distributions.LogUniform(shape, device=self._zero.device, dtype=self._zero.dtype)
+        return pyro.sample(name, law.to_event(len(shape)), infer={WEIGHT_TAG: True})
+
+
+class ProfiledARD(Prior):
     """ARD with the precision profiled out: ``w ~ Normal(0, 1/sqrt(tau*))``, one site per weight.
 
     ``tau* = 1 / (theta^2 + sigma^2)`` is the precision that best fits the Normal posterior, so
@@ -40,7 +58,7 @@ class ARDNormal(Prior):
 
     >>> import pyro, torch
     >>> w = torch.ones(2)
-    >>> tr = pyro.poutine.trace(pyro.poutine.condition(ARDNormal().sample, {"w": w})).get_trace(
+    >>> tr = pyro.poutine.trace(pyro.poutine.condition(ProfiledARD().sample, {"w": w})).get_trace(
     ...     "w", (2,))
     >>> type(tr.nodes["w"]["fn"].base_dist).__name__
     'ARDNormal'

@@ -31,16 +31,13 @@ method (mean-field SVI, MCMC) sees the same prior.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .priors import Groups, Prior, _positive
-from .prune import masked_network, prune
+from .base import Groups, Prior, _positive
 
-__all__ = ["PROFILES", "ScaLP", "outgoing_norms", "scaling_factors", "scalp_masks", "scalp_prune"]
+__all__ = ["PROFILES", "ScaLP", "scaling_factors"]
 
 PROFILES = ("fan_in", "inverse", "inverse_sqrt_log")
 
@@ -117,63 +114,3 @@ class ScaLP(Prior):
 
     def extra_repr(self) -> str:
         return f"profile={self.profile!r}, scale={self.scale.item():g}, " + super().extra_repr()
-
-
-def outgoing_norms(weight: Tensor) -> Tensor:
-    """Mean ``|w|`` of each input neuron's (channel's) outgoing weights: ``weight[:, k, ...]``.
-
-    >>> outgoing_norms(torch.tensor([[1.0, 0.0], [-3.0, 0.5]])).tolist()
-    [2.0, 0.25]
-    """
-    if not isinstance(weight, Tensor) or weight.dim() < 2:
-        raise ValueError("weight must be a tensor of shape (out, in, ...)")
-    dims = [d for d in range(weight.dim()) if d != 1]
-    return weight.abs().mean(dim=dims)
-
-
-def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        raise TypeError(f"threshold must be a number, got {threshold!r}")
-    if not math.isfinite(threshold) or threshold < 0:
-        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
-    return float(threshold)
-
-
-def scalp_masks(weights: Mapping[str, Tensor], threshold: float) -> dict[str, Tensor]:
-    """Keep-masks shaped like each weight: input neuron ``k``'s column is dropped when
-    ``outgoing_norms(w)[k] < threshold``. ``sparsity.compression`` reads them as usual.
-
-    >>> scalp_masks({"2.weight": torch.tensor([[1.0, 0.0], [-3.0, 0.5]])}, 0.5)["2.weight"].tolist()
-    [[True, False], [True, False]]
-    """
-    threshold = _check_threshold(threshold)
-    out = {}
-    for name, w in weights.items():
-        keep = outgoing_norms(w) >= threshold
-        out[name] = keep.reshape(1, -1, *(1,) * (w.dim() - 2)).expand_as(w).clone()
-    return out
-
-
-def scalp_prune(
-    result: Any, threshold: float, *, sites: Sequence[str] | None = None
-) -> tuple[nn.Sequential, dict[str, Tensor]]:
-    """ScaLP's neuron pruning of a fitted ``SparseBNN``: the smaller plain network and the masks.
-
-    Weights are posterior means; in each of ``sites`` (default: every weight site but the first,
-    whose inputs are the data features) the input neurons whose outgoing mean ``|w|`` is below
-    ``threshold`` are removed, with their incoming weights (:func:`~pyro_sparse_bnn.prune.prune`).
-    The final width of a hidden layer is the ``in_features`` of the layer after it.
-    """
-    threshold = _check_threshold(threshold)
-    net = getattr(getattr(result, "model", None), "net", None)
-    if not isinstance(net, nn.Module):
-        raise TypeError("result must be a FitResult of a SparseBNN (a model with a .net network)")
-    sites = list(result.weight_sites[1:] if sites is None else sites)
-    unknown = set(sites) - set(result.weight_sites)
-    if unknown:
-        raise ValueError(f"sites {sorted(unknown)} are not weight sites {result.weight_sites}")
-    state = net.state_dict()
-    draws = result.sample_posterior()
-    params = {k: v.mean(0) for k, v in draws.items() if k in state}
-    masks = scalp_masks({k: params[k] for k in sites}, threshold)
-    return prune(masked_network(net, params, masks), result.x[:1]), masks

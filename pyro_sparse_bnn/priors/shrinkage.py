@@ -1,172 +1,23 @@
-"""Shrinkage priors as Gaussian scale mixtures that emit ordinary ``pyro.sample`` sites.
-
-Every prior draws ``w | s ~ Normal(0, s)`` after drawing its mixing scale ``s`` through named
-sites, so one object serves a hand-written Pyro model and a :class:`~pyro_sparse_bnn.SparseBNN`:
-
->>> import pyro, torch
->>> from pyro_sparse_bnn.priors import Horseshoe
->>> prior = Horseshoe(global_scale=0.1, groups="in")
->>> tr = pyro.poutine.trace(lambda: prior.sample("w", (3, 5))).get_trace()
->>> [n for n in tr.nodes if n.startswith("w")]
-['w_global_scale', 'w_local_scale', 'w_decentered', 'w']
->>> tr.nodes["w_local_scale"]["value"].shape  # one scale per input neuron
-torch.Size([1, 5])
-
-Site names, for a weight called ``name``:
-
-* ``name`` - the weight (a deterministic site when ``centered=False``),
-* ``name_decentered`` - the standard-normal draw of the non-centred parameterisation,
-* ``name_variance`` / ``name_precision`` - the mixing variable of Laplace, StudentT and ARD,
-* ``name_local_scale``, ``name_global_scale``, ``name_slab_variance`` - the horseshoe family,
-* ``name_gate`` - the relaxed inclusion indicator of SpikeAndSlab.
-
-``groups`` shares one mixing variable per weight (``None``), per input neuron or channel (``"in"``,
-dimension 1 of the weight) or per output neuron or channel (``"out"``, dimension 0).
-
-Scale mixtures are non-centred by default (``w = z * s`` with ``z ~ N(0, 1)``): NUTS needs it to
-explore the funnel, and under a mean-field guide it keeps the uncertainty of ``s`` in ``w``. On a
-sparse regression (n = 200, p = 50, 5 signals, tests/test_svi.py) the largest null-weight
-signal-to-noise was 8.7 centred against 0.47 non-centred.
-"""
+"""Proper shrinkage priors: Normal, Laplace, Student-t, ARD, horseshoes and spike-and-slab."""
 
 from __future__ import annotations
-
-import math
-from collections.abc import Sequence
-from typing import Literal
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
-from torch import Tensor, nn
+from torch import Tensor
 
-from . import distributions
-
-Groups = Literal["in", "out"] | None
+from .base import Groups, Prior, _mixing_site, _positive, _right_pad
 
 __all__ = [
     "ARD",
     "Horseshoe",
     "Laplace",
-    "LogUniform",
     "Normal",
-    "Prior",
     "RegularizedHorseshoe",
     "SpikeAndSlab",
     "StudentT",
 ]
-
-
-WEIGHT_TAG = "psb_weight"
-"""Key in a site's ``infer`` dict that marks it as a prunable weight for masks and compression."""
-
-
-def weight_deterministic(name: str, value: Tensor, event_dim: int) -> Tensor:
-    """``pyro.deterministic`` for a weight, tagged with :data:`WEIGHT_TAG`."""
-    delta = dist.Delta(value, event_dim=event_dim).mask(False)
-    return pyro.sample(name, delta, obs=value, infer={"_deterministic": True, WEIGHT_TAG: True})
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value}")
-    return float(value)
-
-
-def _right_pad(t: Tensor, ndim: int) -> Tensor:
-    """Append ``ndim`` singleton dims so a per-draw scalar broadcasts against an event tensor."""
-    return t.reshape(t.shape + (1,) * ndim)
-
-
-class Prior(nn.Module):
-    """Base class: a Gaussian scale mixture ``w | s ~ Normal(0, s)``.
-
-    Subclasses implement :meth:`mixing_scale`, which emits the hierarchical sites and returns the
-    standard deviation ``s`` (the group shape, plus any batch dims from enclosing plates).
-    Hyperparameters are buffers, so ``prior.to(device)`` moves them.
-    """
-
-    def __init__(self, *, groups: Groups = None, centered: bool = False) -> None:
-        super().__init__()
-        if groups not in (None, "in", "out"):
-            raise ValueError(f"groups must be None, 'in' or 'out', got {groups!r}")
-        if not isinstance(centered, bool):
-            raise TypeError(f"centered must be a bool, got {type(centered).__name__}")
-        self.groups = groups
-        self.centered = centered
-        self.register_buffer("_zero", torch.zeros(()), persistent=False)
-
-    def group_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape of the mixing variables for a weight of ``shape`` (broadcastable to it)."""
-        if self.groups is None or len(shape) < 2:
-            return shape
-        dim = 1 if self.groups == "in" else 0
-        return tuple(n if i == dim else 1 for i, n in enumerate(shape))
-
-    def _const(self, value: float | Tensor) -> Tensor:
-        return torch.as_tensor(value, dtype=self._zero.dtype, device=self._zero.device)
-
-    def mixing_scale(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        """Emit the mixing sites of weight ``name`` and return its prior standard deviation."""
-        raise NotImplementedError
-
-    def sample(self, name: str, shape: Sequence[int]) -> Tensor:
-        """Emit the hierarchy for a weight tensor ``name`` of ``shape`` and return the weight.
-
-        >>> import pyro
-        >>> w = pyro.poutine.trace(lambda: Laplace(0.5).sample("w", (4,))).get_trace()
-        >>> sorted(w.stochastic_nodes)  # non-centred: w = w_decentered * sqrt(w_variance)
-        ['w_decentered', 'w_variance']
-        """
-        shape = _check_shape(shape)
-        scale = self.mixing_scale(name, shape)
-        event = len(shape)
-        batch_shape = torch.broadcast_shapes(scale.shape, shape)
-        if self.centered:
-            normal = dist.Normal(self._zero, scale).expand(batch_shape).to_event(event)
-            return pyro.sample(name, normal, infer={WEIGHT_TAG: True})
-        std = dist.Normal(self._zero, self._zero + 1).expand(shape).to_event(event)
-        z = pyro.sample(f"{name}_decentered", std)
-        return weight_deterministic(name, z * scale, event)
-
-    def init_values(self, name: str, weight: Tensor) -> dict[str, Tensor]:
-        """Site values that start a guide at ``weight``: the weight itself when centred, else the
-        decentred draw ``weight / s`` (clipped to [-1, 1]) with the mixing scale ``s`` at its prior
-        median. The clip keeps the start inside the prior's bulk: a weight that starts far out
-        with the wrong sign can get trapped at zero by a strongly shrinking prior.
-
-        >>> w = torch.ones(2)
-        >>> list(Horseshoe().init_values("w", w)), list(Normal().init_values("w", w))
-        (['w_decentered'], ['w'])
-        """
-        if self.centered:
-            return {name: weight}
-        with poutine.block(), InitMessenger(init_to_median(num_samples=31)):
-            scale = self.mixing_scale(name, tuple(weight.shape))
-        return {f"{name}_decentered": (weight / scale).clamp(-1.0, 1.0)}
-
-    def extra_repr(self) -> str:
-        return f"groups={self.groups!r}, centered={self.centered}"
-
-
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
-        raise ValueError(f"shape must contain positive ints, got {shape!r}")
-    return shape
-
-
-def _mixing_site(name: str, d: dist.TorchDistribution, shape: tuple[int, ...]) -> Tensor:
-    return pyro.sample(name, d.expand(shape).to_event(len(shape)))
 
 
 class Normal(Prior):
@@ -365,22 +216,3 @@ class SpikeAndSlab(Prior):
 
     def extra_repr(self) -> str:
         return f"inclusion_prob={self.inclusion_prob.item():g}, " + super().extra_repr()
-
-
-class LogUniform(Prior):
-    """The improper log-uniform prior ``p(w) ∝ 1/|w|`` of sparse variational dropout.
-
-    It is the scale mixture with ``p(s) ∝ 1/s`` integrated out, so it emits the single site
-    ``name``. It has no draws: fit it with a guide (SVI), never with MCMC or prior predictive runs.
-
-    >>> LogUniform()
-    LogUniform(groups=None, centered=True)
-    """
-
-    def __init__(self) -> None:
-        super().__init__(centered=True)
-
-    def sample(self, name: str, shape: Sequence[int]) -> Tensor:
-        shape = _check_shape(shape)
-        law = distributions.LogUniform(shape, device=self._zero.device, dtype=self._zero.dtype)
-        return pyro.sample(name, law.to_event(len(shape)), infer={WEIGHT_TAG: True})
