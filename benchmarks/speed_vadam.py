@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.infer.vadam import Vadam
-from pyro_sparse_bnn.infer.vadam_fit import _NLL, _inspect
+from pyro_sparse_bnn.infer.vadam.model import _NLL, _inspect
 
 
 def breast_cancer() -> tuple[Tensor, Tensor, list[int], psb.likelihoods.Likelihood]:

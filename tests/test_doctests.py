@@ -42,7 +42,17 @@ def count_examples(name: str) -> int:
     return sum(len(test.examples) for test in tests)
 
 
-def test_every_module_has_examples():
-    """A module without one runnable example cannot be learnt from its ``help``."""
-    exempt = {"pyro_sparse_bnn._version", "pyro_sparse_bnn.infer"}
-    assert [name for name in MODULES if name not in exempt and count_examples(name) == 0] == []
+def has_public_names(name: str) -> bool:
+    module = importlib.import_module(name)
+    return any(
+        not attr.startswith("_") and getattr(value, "__module__", name) == name
+        for attr, value in vars(module).items()
+        if callable(value)
+    )
+
+
+def test_every_module_with_a_public_name_has_examples():
+    """A module without one runnable example cannot be learnt from its ``help``; modules of
+    private helpers only (``infer.sgmcmc.run``, ...) are exempt."""
+    bare = [name for name in MODULES if has_public_names(name) and count_examples(name) == 0]
+    assert bare == []

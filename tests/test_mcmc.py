@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.infer.fast_nuts import Sampler, adaptation_windows, sample
-from pyro_sparse_bnn.infer.mcmc import fit_mcmc
+from pyro_sparse_bnn.infer.mcmc import Sampler, adaptation_windows, fit_mcmc, sample
 from pyro_sparse_bnn.infer.potential import FlatPotential
 
 POSTERIORDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "posteriordb"

@@ -1,4 +1,4 @@
-"""Numbers against theory for the SG-MCMC core (pyro_sparse_bnn.infer.sgmcmc).
+"""Numbers against theory for the SG-MCMC kernels and the SSGL prior (pyro_sparse_bnn.infer.sgmcmc).
 
 Gaussian targets give exact answers for the discretised chains themselves: the stationary
 covariance of a linear recursion ``z' = M z + noise`` solves ``S = M S M^T + Q``, so the tests
@@ -22,13 +22,11 @@ from pyro_sparse_bnn.infer.sgmcmc import (
     SSGL,
     SSGL_SA_WEIGHTS,
     SSGL_STEP_SIZE,
-    MinibatchGradient,
     PolynomialDecay,
     RMSPreconditioner,
     SparseRateSchedule,
     inclusion_mask,
     magnitude_mask,
-    run_sgmcmc,
     ssgl_delta,
     ssgl_grad_log_prior,
     ssgl_inclusion_probability,
@@ -46,6 +44,41 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_sgmcmc(integrator, init, grad_fn, num_samples, *, warmup=0, thin=1, generator=None,
+               hook=None):  # fmt: skip
+    """Drive ``integrator`` from ``init`` (chains first): ``warmup + num_samples * thin`` steps with
+    gradients ``grad_fn(w, generator)``, ``hook(k, w)`` after each; every ``thin``-th kept."""
+    state = integrator.init(init)
+    kept = []
+    for k in range(1, warmup + num_samples * thin + 1):
+        state = integrator.step(state, grad_fn(state.params[0], generator), generator)
+        if hook is not None:
+            hook(k, state.params[0])
+        if k > warmup and (k - warmup) % thin == 0:
+            kept.append(state.params[0])
+    return torch.stack(kept, dim=1)
+
+
+def minibatch_gradient(log_likelihood, data, batch_size=None, grad_log_prior=None):
+    """``(N / n) grad sum_batch log p(y_i | w) + grad log p(w)``, the batch drawn without
+    replacement at each call and shared by all chains."""
+    num_data = data[0].shape[0]
+    size = num_data if batch_size is None else batch_size
+
+    def grad(w, generator):
+        batch = data
+        if size < num_data:
+            index = torch.randperm(num_data, generator=generator)[:size]
+            batch = tuple(t[index] for t in data)
+        w = w.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(log_likelihood(w, batch).sum(), w)
+        g = g * (num_data / size)
+        return g if grad_log_prior is None else g + grad_log_prior(w.detach())
+
+    return grad
 
 
 def _regression(n, d, seed, noise_sd=1.0, prior_sd=10.0, rho=0.0):
@@ -110,7 +143,7 @@ def test_small_step_sgld_approximates_conjugate_posterior(preconditioned):
         xb, yb = batch
         return -0.5 * ((yb[:, None] - xb @ w.T) ** 2).sum(0) / 0.5**2
 
-    estimate = MinibatchGradient(log_likelihood, (x, y), grad_log_prior=lambda w: -w / prior_var)
+    estimate = minibatch_gradient(log_likelihood, (x, y), grad_log_prior=lambda w: -w / prior_var)
     lam_max = torch.linalg.eigvalsh(a).max().item()
     if preconditioned:
         # P ~ 1/|g| ~ 1/sqrt(lambda): the step is scaled by sqrt(lambda_max). P adapts during the
@@ -149,21 +182,7 @@ def _minibatch_problem():
     def grad_log_prior(w):
         return -w / 10.0**2
 
-    return x, y, a, mean, MinibatchGradient(log_likelihood, (x, y), 100, grad_log_prior)
-
-
-def test_minibatch_gradient_is_unbiased_and_scaled_by_n_over_batch():
-    x, y, _, _, estimate = _minibatch_problem()
-    w = torch.tensor([[0.5, -1.0, 2.0]], dtype=DTYPE)
-    full = x.T @ (y - x @ w[0]) - w[0] / 100.0
-    gen = torch.Generator().manual_seed(5)
-    grads = torch.cat([estimate(w, gen) for _ in range(2000)])
-    mcse = grads.std(0) / math.sqrt(len(grads))
-    assert ((grads.mean(0) - full).abs() < 4 * mcse).all()
-    # One draw is (N/n) times a sum over n rows: its spread matches sampling without replacement.
-    per_row = x * (y - x @ w[0])[:, None]
-    wor_var = 1000**2 * (1 - 100 / 1000) * per_row.var(0) / 100
-    assert torch.allclose(grads.var(0), wor_var, rtol=0.1)
+    return x, y, a, mean, minibatch_gradient(log_likelihood, (x, y), 100, grad_log_prior)
 
 
 def test_minibatch_variance_inflation_shrinks_with_step_size():
@@ -245,33 +264,9 @@ def test_sghmc_with_unit_friction_is_sgld():
     assert torch.equal(runs[0], runs[1])
 
 
-def test_sampler_loop_bookkeeping_dtype_and_lists():
-    seen = []
-
-    def hook(k, params):
-        seen.append(k)
-        return [p.clamp(max=0.5) for p in params]
-
-    init = [torch.zeros(2, 3), torch.zeros(2)]
-    draws = run_sgmcmc(
-        SGLD(0.01),
-        init,
-        lambda ps, gen: [torch.ones_like(p) for p in ps],
-        num_samples=4,
-        warmup=3,
-        thin=2,
-        generator=torch.Generator().manual_seed(0),
-        hook=hook,
-    )
-    assert seen == list(range(1, 12))
-    assert [d.shape for d in draws] == [(2, 4, 3), (2, 4)]
-    assert all(d.dtype == torch.float32 and d.max() <= 0.5 for d in draws)
-    with pytest.raises(ValueError, match="thin"):
-        run_sgmcmc(SGLD(0.01), torch.zeros(2), lambda w, g: w, 3, thin=0)
+def test_sghmc_friction_must_lie_in_the_unit_interval():
     with pytest.raises(ValueError, match="friction"):
         SGHMC(0.1, friction=1.5)
-    with pytest.raises(ValueError, match="batch_size"):
-        MinibatchGradient(lambda w, b: w.sum(), (torch.zeros(5, 2),), batch_size=6)
 
 
 def test_schedules():
@@ -414,11 +409,11 @@ def test_sgld_sa_large_p_small_n_regression():
     draws = run_sgmcmc(
         SGLD(SSGL_STEP_SIZE),
         w0,
-        MinibatchGradient(log_likelihood, (x, y), grad_log_prior=prior.grad_log_prior),
+        minibatch_gradient(log_likelihood, (x, y), grad_log_prior=prior.grad_log_prior),
         num_samples=1500,
         warmup=500,
         generator=gen,
-        hook=prior.sa_hook(SSGL_SA_WEIGHTS, rss=rss, num_data=n),
+        hook=lambda k, w: prior.update(w, SSGL_SA_WEIGHTS(k), rss=rss(w), num_data=n),
     )
     post_mean = draws.mean((0, 1))
     ranked = post_mean.abs().argsort(descending=True)

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.infer.sgmcmc import PolynomialDecay
-from pyro_sparse_bnn.infer.sgmcmc_fit import SGMCMC_METHODS, fit_sgmcmc
+from pyro_sparse_bnn.infer.sgmcmc import SGMCMC_METHODS, PolynomialDecay, fit_sgmcmc
 
 DT = torch.float64
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.infer import vadam_fit
+import pyro_sparse_bnn.infer.vadam.fit as vadam_fit
 from pyro_sparse_bnn.infer.vadam import Vadam, VadamARD
 
 F64 = torch.float64

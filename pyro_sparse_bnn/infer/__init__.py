@@ -12,10 +12,10 @@ from .fit import METHODS, Method
 from .mcmc import fit_mcmc
 from .penalized import fit_l0, fit_l1
 from .result import FitResult
-from .sgmcmc_fit import fit_sgmcmc
+from .sgmcmc import fit_sgmcmc
 from .streaming import fit_svi_loader
 from .svi import fit_svi
-from .vadam_fit import fit_vadam
+from .vadam import fit_vadam
 
 __all__ = [
     "METHODS",

@@ -10,13 +10,12 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from ..isolation import isolated
-from .fast_nuts import KERNELS
-from .mcmc import fit_mcmc
+from .mcmc import KERNELS, fit_mcmc
 from .penalized import fit_l0, fit_l1
 from .result import FitResult
-from .sgmcmc_fit import SGMCMC_METHODS, fit_sgmcmc
+from .sgmcmc import SGMCMC_METHODS, fit_sgmcmc
 from .svi import fit_svi
-from .vadam_fit import fit_vadam
+from .vadam import fit_vadam
 
 __all__ = ["METHODS", "Method", "fit"]
 

@@ -37,177 +37,33 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["KERNELS", "Draws", "Sampler", "adaptation_windows", "sample"]
+from .adaptation import DualAveraging, Welford, adaptation_windows
+from .tree import (
+    _DIRECTION_THRESHOLD,
+    MAX_ENERGY_ERROR,
+    Subtree,
+    _generator,
+    _is_turning,
+    _kinetic,
+    _momentum_factor,
+    _select,
+    _velocity,
+)
 
 KERNELS = ("nuts", "hmc")
-MAX_ENERGY_ERROR = 1000.0
-"""A leaf whose energy exceeds the starting energy by more than this diverges (as in Pyro, Stan)."""
+
+
 _MIN_STEP, _MAX_STEP = 1e-10, 1e10
-_DIRECTION_THRESHOLD = math.log(0.8)
+
 
 PotentialGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
-
-
-def adaptation_windows(num_warmup: int) -> list[tuple[int, int]]:
-    """Stan's warm-up schedule: inclusive ``(start, end)`` iteration windows.
-
-    The first window (a buffer) and the last (the end buffer) adapt only the step size; the
-    windows between them, each twice as long as the one before, also estimate the mass matrix.
-
-    >>> adaptation_windows(500)
-    [(0, 74), (75, 99), (100, 149), (150, 249), (250, 449), (450, 499)]
-    >>> adaptation_windows(10)
-    [(0, 9)]
-    """
-    if num_warmup < 20:
-        return [(0, num_warmup - 1)] if num_warmup else []
-    start, end, first = 75, 50, 25
-    if start + end + first > num_warmup:
-        start, end = int(0.15 * num_warmup), int(0.1 * num_warmup)
-        first = num_warmup - start - end
-    windows = [(0, start - 1)]
-    end_start, begin, size = num_warmup - end, start, first
-    while begin < end_start:
-        current = size
-        if 3 * current <= end_start - begin:
-            size = 2 * current
-        else:
-            current = end_start - begin
-        windows.append((begin, begin + current - 1))
-        begin += current
-    windows.append((end_start, num_warmup - 1))
-    return windows
-
-
-class DualAveraging:
-    """Nesterov dual averaging of ``log(step_size)``, one scheme per chain (Hoffman & Gelman)."""
-
-    def __init__(
-        self, step_size: Tensor, t0: float = 10.0, kappa: float = 0.75, gamma: float = 0.05
-    ) -> None:
-        self.t0, self.kappa, self.gamma = t0, kappa, gamma
-        self.reset(step_size)
-
-    def reset(self, step_size: Tensor) -> None:
-        """Restart with the prox-centre ``log(10 * step_size)``."""
-        self.center = torch.log(10 * step_size.double())
-        self.t = 0
-        self.g_avg = torch.zeros_like(self.center)
-        self.x_avg = torch.zeros_like(self.center)
-        self.x = torch.log(step_size.double())
-
-    def step(self, accept_prob: Tensor, target: float) -> Tensor:
-        """Update with the mean acceptance statistic; returns the next step size per chain."""
-        self.t += 1
-        weight = 1.0 / (self.t + self.t0)
-        self.g_avg = (1 - weight) * self.g_avg + weight * (target - accept_prob.double())
-        self.x = self.center - math.sqrt(self.t) / self.gamma * self.g_avg
-        eta = self.t ** (-self.kappa)
-        self.x_avg = (1 - eta) * self.x_avg + eta * self.x
-        return self.x.exp()
-
-    def final(self) -> Tensor:
-        """The averaged step size used after warm-up."""
-        return self.x_avg.exp()
-
-
-class Welford:
-    """Running mean and (co)variance of each chain's draws ``(C, D)``."""
-
-    def __init__(self, num_chains: int, dim: int, dense: bool, like: Tensor) -> None:
-        self.dense = dense
-        self.n = 0
-        self.mean = like.new_zeros(num_chains, dim)
-        shape = (num_chains, dim, dim) if dense else (num_chains, dim)
-        self.m2 = like.new_zeros(shape)
-
-    def update(self, z: Tensor) -> None:
-        self.n += 1
-        delta = z - self.mean
-        self.mean = self.mean + delta / self.n
-        after = z - self.mean
-        self.m2 = self.m2 + (delta[:, :, None] * after[:, None, :] if self.dense else delta * after)
-
-    def covariance(self) -> Tensor:
-        """Stan's regularised estimate ``n/(n+5) cov + 1e-3 * 5/(n+5) I``."""
-        n = self.n
-        cov = self.m2 / (n - 1) * (n / (n + 5.0))
-        shrink = 1e-3 * 5.0 / (n + 5.0)
-        if self.dense:
-            return cov + shrink * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-        return cov + shrink
-
-
-class Subtree(NamedTuple):
-    """State of the subtree being grown, per chain (``C`` leading).
-
-    The edge (``z``, ``r``, ``grad``, ``pe``), the weight and the momentum sum matter only for
-    chains that finish the subtree without stopping, so they are updated unmasked; the statistics
-    and the stop flags only count leaves of chains that were still active.
-    """
-
-    z: Tensor
-    r: Tensor
-    grad: Tensor
-    pe: Tensor
-    log_weight: Tensor
-    r_sum: Tensor
-    prop_z: Tensor
-    prop_r: Tensor
-    prop_grad: Tensor
-    prop_pe: Tensor
-    accept_sum: Tensor
-    num_leaves: Tensor
-    active: Tensor
-    turning: Tensor
-    diverging: Tensor
-
-
-def _velocity(inverse_mass: Tensor, r: Tensor) -> Tensor:
-    """``M^-1 r`` for each chain; ``r`` may carry extra leading dims before the chain dim."""
-    if inverse_mass.dim() == 2:
-        return inverse_mass * r
-    return torch.einsum("cij,...cj->...ci", inverse_mass, r)
-
-
-def _kinetic(inverse_mass: Tensor, r: Tensor) -> Tensor:
-    return 0.5 * (r * _velocity(inverse_mass, r)).sum(-1)
-
-
-def _momentum_factor(inverse_mass: Tensor) -> Tensor:
-    """``S`` with ``S S^T = M``: momenta ``S eps`` with ``eps ~ N(0, I)`` have covariance ``M``."""
-    if inverse_mass.dim() == 2:
-        return inverse_mass.rsqrt()
-    lower = torch.linalg.cholesky(inverse_mass)
-    eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device).expand_as(lower)
-    return torch.linalg.solve_triangular(lower.mT, eye, upper=True)
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def _is_turning(inverse_mass: Tensor, r_left: Tensor, r_right: Tensor, r_sum: Tensor) -> Tensor:
-    """Generalised U-turn criterion with the end points' half-weights removed from ``r_sum``."""
-    rho = r_sum - 0.5 * (r_left + r_right)
-    left = (_velocity(inverse_mass, r_left) * rho).sum(-1)
-    right = (_velocity(inverse_mass, r_right) * rho).sum(-1)
-    return (left <= 0) | (right <= 0)
-
-
-def _select(mask: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """Per chain, ``new`` where ``mask`` else ``old``, for tuples of ``(C,)``/``(C, D)`` tensors."""
-    col = mask[:, None]
-    return tuple(
-        torch.where(col if a.dim() > 1 else mask, a, b) for a, b in zip(new, old, strict=True)
-    )
 
 
 @dataclass

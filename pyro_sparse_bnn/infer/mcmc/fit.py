@@ -45,18 +45,22 @@ from pyro.infer.autoguide.initialization import (
 )
 from torch import Tensor, nn
 
-from ..isolation import check_seed, isolated
-from ..validation import check_choice, check_positive, check_positive_int, check_xy
-from .fast_nuts import KERNELS, sample
-from .potential import FlatPotential, check_latent_sites, latent_nodes
-from .result import FitResult
-from .svi import fit_svi
-
-__all__ = ["BACKENDS", "INITS", "fit_mcmc"]
+from ...isolation import check_seed, isolated
+from ...validation import check_choice, check_positive, check_positive_int, check_xy
+from ..potential import FlatPotential, check_latent_sites, latent_nodes
+from ..result import FitResult
+from ..svi import fit_svi
+from .sampler import KERNELS, sample
 
 BACKENDS = ("fast", "pyro")
+
+
 INITS = ("median", "uniform", "svi")
+
+
 _INIT_TRIES = 20
+
+
 _REPLAY_CHUNK = 256
 
 
