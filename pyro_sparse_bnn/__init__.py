@@ -13,11 +13,14 @@ from . import (
     arviz,
     baselines,
     distributions,
+    elbo,
     gates,
     guides,
+    infer,
     likelihoods,
     lrt,
     metrics,
+    nn,
     penalties,
     priors,
     prune,
@@ -31,9 +34,9 @@ from .nn import SparseBNN, mlp
 
 load = FitResult.load
 
-_LAZY_MODULES = ("datasets", "plots")
-"""Submodules imported on first attribute access: they load scikit-learn, matplotlib and
-seaborn, which a fit does not need (``python -X importtime -c "import pyro_sparse_bnn"``)."""
+_LAZY_MODULES = ("datasets", "lightning", "plots")
+"""Submodules imported on first attribute access: they load scikit-learn, Lightning, matplotlib
+and seaborn, which a fit does not need (``python -X importtime -c "import pyro_sparse_bnn"``)."""
 
 
 def __getattr__(name: str) -> ModuleType:
@@ -52,14 +55,18 @@ __all__ = [
     "baselines",
     "datasets",
     "distributions",
+    "elbo",
     "fit",
     "gates",
     "guides",
+    "infer",
+    "lightning",
     "likelihoods",
     "load",
     "lrt",
     "metrics",
     "mlp",
+    "nn",
     "penalties",
     "plots",
     "priors",

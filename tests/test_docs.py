@@ -15,6 +15,7 @@ import pytest
 import pyro_sparse_bnn as psb
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_NAME = "pyro_sparse_bnn"
 DOCS = ROOT / "docs"
 # Pages whose ```python blocks run as written (other pages show fragments of longer sessions);
 # index.md fits two models (about 25 s of CPU).
@@ -81,6 +82,10 @@ def test_api_pages_cover_every_public_module(site):
         page = hook._api_path(module).removesuffix(".md")
         assert (site / page / "index.html").is_file(), module
     assert "plot_relevance_forest" in page_text(site, "api/plots")
+    for internal in ("sites", "validation", "infer/graph_simplify", "infer/sgmcmc/run"):
+        assert f"{PACKAGE_NAME}.{internal.replace('/', '.')}" not in modules
+        assert not (site / "api" / internal / "index.html").exists(), internal
+    assert "fit_sgmcmc" in page_text(site, "api/infer/sgmcmc")  # a package page shows its exports
 
 
 def test_method_table_lists_the_registry(site):

@@ -166,7 +166,7 @@ def test_sparse_bnn_predictions_take_the_vectorised_path():
     """A SparseBNN vectorises over draws; a model that broadcasts wrongly is detected."""
     result, x, y, _, _ = exact_posterior_result(num_draws=20)
     result.predict(x)
-    assert result._vectorisable is True
+    assert result._predictive._vectorisable is True
 
     def broadcasting_model(x, y=None):
         w = pyro.sample("weight", dist.Normal(0.0, 1.0).expand([1, 3]).to_event(2))

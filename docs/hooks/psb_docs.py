@@ -21,12 +21,13 @@ a link reference and runs the output lines together) and Sphinx roles such as ``
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
-import pkgutil
 import re
 import textwrap
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import griffe
@@ -78,12 +79,17 @@ class DoctestFences(griffe.Extension):
 
 
 def _modules() -> list[str]:
-    """Public modules of the package (no leading underscore anywhere in the dotted path)."""
-    import pyro_sparse_bnn
-
-    found = pkgutil.walk_packages(pyro_sparse_bnn.__path__, prefix=f"{PACKAGE}.")
-    names = [m.name for m in found if not any(p.startswith("_") for p in m.name.split("."))]
-    return sorted(names)
+    """Public modules of the package: those a public package names in its ``__all__``,
+    recursively from ``pyro_sparse_bnn`` (internal helpers such as ``sites`` get no page)."""
+    found, todo = [], [PACKAGE]
+    while todo:
+        module = importlib.import_module(todo.pop())
+        for attr in getattr(module, "__all__", ()):
+            value = getattr(module, attr)
+            if isinstance(value, ModuleType) and value.__name__.startswith(f"{PACKAGE}."):
+                found.append(value.__name__)
+                todo.append(value.__name__)
+    return sorted(set(found))
 
 
 def _api_path(module: str) -> str:

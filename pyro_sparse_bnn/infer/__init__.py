@@ -8,6 +8,7 @@ own signature and help.
 (True, {'kernel': 'nuts'})
 """
 
+from . import loop, mcmc, posterior, result, sgmcmc, vadam
 from .fit import METHODS, Method
 from .mcmc import fit_mcmc
 from .penalized import fit_l0, fit_l1
@@ -28,4 +29,10 @@ __all__ = [
     "fit_svi",
     "fit_svi_loader",
     "fit_vadam",
+    "loop",
+    "mcmc",
+    "posterior",
+    "result",
+    "sgmcmc",
+    "vadam",
 ]

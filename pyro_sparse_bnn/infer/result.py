@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from .. import arviz as psb_arviz
@@ -30,7 +28,6 @@ from ..io import atomic_path
 from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
 from ..prune import live_masks
-from ..sites import unwrap
 from ..sparsity import (
     MAX_ACCURACY_DROP,
     MAX_NLL_INCREASE,
@@ -41,50 +38,14 @@ from ..sparsity import (
 )
 from ..validation import check_bool, check_positive_int, check_xy
 from .posterior import Posterior, guide_posterior
+from .predictive import DrawPredictive
 
 __all__ = ["FitResult"]
 
 FILE_FORMAT = "pyro_sparse_bnn.FitResult"
 FILE_FORMAT_VERSION = 2
-_CHUNK = 50  # posterior draws per vectorised pass through the model
 Masking = bool | Mapping[str, Tensor]  # no masks, ``masks(threshold)``, or the given keep-masks
 _DEFAULT_BUDGET = ("snr", MAX_NLL_INCREASE, MAX_ACCURACY_DROP)  # the cache key of ``masks()``
-
-
-def _observed_node(trace: poutine.Trace, conditioned: dict) -> dict:
-    """The one sample site the posterior draws do not cover: the observations."""
-    nodes = [
-        n
-        for name, n in trace.nodes.items()
-        if n["type"] == "sample" and not site_is_subsample(n) and name not in conditioned
-    ]
-    if len(nodes) != 1:
-        names = [n["name"] for n in nodes]
-        raise ValueError(f"the model must have exactly one observed site, found {names}")
-    return nodes[0]
-
-
-def _chunks(
-    draws: dict[str, Tensor], size: int, *, squeeze: bool = False
-) -> Iterator[dict[str, Tensor]]:
-    total = next(iter(draws.values())).shape[0]
-    for i in range(0, total, size):
-        yield {k: v[i] if squeeze else v[i : i + size] for k, v in draws.items()}
-
-
-def _summarise(fn: Any, node: dict, y: Tensor | None, sample: bool) -> dict[str, Tensor]:
-    base = unwrap(fn)
-    if isinstance(base, dist.Categorical):
-        out = {"probs": base.probs}
-    elif isinstance(base, dist.Bernoulli):
-        out = {"probs": torch.stack([1 - base.probs, base.probs], dim=-1)}
-    else:
-        out = {"mean": fn.mean, "variance": fn.variance}
-    if y is not None:
-        out["log_lik"] = fn.log_prob(y.to(node["value"].dtype))
-    if sample:
-        out["sample"] = fn.sample()
-    return out
 
 
 class FitResult:
@@ -137,7 +98,7 @@ class FitResult:
         self.guide = guide
         self.posterior = guide_posterior(guide) if posterior is None else posterior
         self.weight_sites = self._find_weight_sites()
-        self._vectorisable: bool | None = None
+        self._predictive = DrawPredictive(model)
         self._budget_masks: dict[tuple, dict[str, Tensor]] = {}
 
     def __repr__(self) -> str:
@@ -327,75 +288,9 @@ class FitResult:
         sample: bool = False,
     ) -> dict[str, Tensor]:
         """Per draw and row: class ``probs`` or ``mean``/``variance`` of the observation model,
-        ``log_lik`` of ``y`` and, with ``sample``, a posterior predictive ``sample``.
-
-        Draws run through the model in vectorised chunks under a ``pyro.plate`` (as Pyro's
-        ``Predictive(parallel=True)`` does); a model that does not vectorise runs draw by draw.
-        """
+        ``log_lik`` of ``y`` and, with ``sample``, a posterior predictive ``sample``."""
         draws = self._masked_draws(masked, threshold)
-        with torch.no_grad():
-            if self._vectorises(x, draws):
-                parts = [
-                    _summarise(*self._vectorised(x, chunk), y, sample)
-                    for chunk in _chunks(draws, _CHUNK)
-                ]
-            else:
-                parts = [
-                    {
-                        k: v.unsqueeze(0)
-                        for k, v in _summarise(*self._single(x, d), y, sample).items()
-                    }
-                    for d in _chunks(draws, 1, squeeze=True)
-                ]
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-    def _vectorises(self, x: Tensor, draws: dict[str, Tensor]) -> bool:
-        """Whether the model gives the right answer on a batch of draws, decided once: a
-        vectorised pass over two draws must match two draw-by-draw runs (a model may broadcast
-        into a wrong shape without raising)."""
-        if self._vectorisable is None:
-            probe = {k: v[:2] for k, v in draws.items()}
-            try:
-                batched = _summarise(*self._vectorised(x[:4], probe), None, False)
-            except (RuntimeError, ValueError):
-                self._vectorisable = False
-                return False
-            single = [
-                _summarise(*self._single(x[:4], d), None, False)
-                for d in _chunks(probe, 1, squeeze=True)
-            ]
-            self._vectorisable = all(
-                batched[k].shape == (len(single), *single[0][k].shape)
-                and all(
-                    torch.allclose(batched[k][i], s[k], rtol=1e-4, atol=1e-6)
-                    for i, s in enumerate(single)
-                )
-                for k in batched
-            )
-        return self._vectorisable
-
-    def _single(self, x: Tensor, draw: dict[str, Tensor]) -> tuple[Any, dict]:
-        trace = poutine.trace(poutine.condition(self.model, draw)).get_trace(x, None)
-        node = _observed_node(trace, draw)
-        return node["fn"], node
-
-    def _vectorised(self, x: Tensor, draws: dict[str, Tensor]) -> tuple[Any, dict]:
-        first = {k: v[0] for k, v in draws.items()}
-        trace = poutine.trace(poutine.condition(self.model, first)).get_trace(x, None)
-        nesting = max(
-            (-f.dim for n in trace.nodes.values() for f in n.get("cond_indep_stack", ())),
-            default=0,
-        )
-        batch_dims = {k: len(trace.nodes[k]["fn"].batch_shape) for k in draws}
-        num = next(iter(draws.values())).shape[0]
-        shaped = {
-            k: v.reshape(num, *(1,) * (nesting - batch_dims[k]), *v.shape[1:])
-            for k, v in draws.items()
-        }
-        with pyro.plate("_draws", num, dim=-nesting - 1):
-            trace = poutine.trace(poutine.condition(self.model, shaped)).get_trace(x, None)
-        node = _observed_node(trace, shaped)
-        return node["fn"], node
+        return self._predictive.summaries(x, y, draws, sample=sample)
 
     @isolated
     def predict(
