@@ -15,8 +15,8 @@ with a Gaussian likelihood whose noise scale is a latent site.
   prior v0 = 0.1, v1 = 10, a = 1, b = p, nu = lambda = 1; SGLD step 1e-3 * k^(-1/3); SA weights
   min(0.1, 1000 / (100 + k)^0.7) (EM: 1); the noise scale is the SA estimate sigma; full batch.
 * ``sgld_sa_pruned``: ``sgld_sa`` with the paper's rho-based pruning
-  (``pruning="inclusion"``): from the end of burn-in on, the weights whose inclusion probability
-  is at most 0.5 in every chain are set to zero and sampled no more.
+  (``pruning=InclusionPruning()``): from the end of warm-up on, the weights whose inclusion
+  probability is at most 0.5 in every chain are set to zero and sampled no more.
 * ``sgld``: ``fit(method="sgld")`` under the model's own prior, Normal(0, sqrt(10)) weights (the
   slab width) and a HalfNormal(2) noise scale, same step schedule.
 * ``svi_horseshoe``: ``fit(method="svi")`` with a mean-field guide and a ``priors.Horseshoe``
@@ -49,7 +49,7 @@ from _common import RESULTS, print_table, write_results
 from torch import nn
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.infer.sgmcmc import PolynomialDecay
+from pyro_sparse_bnn.infer.sgmcmc import InclusionPruning, PolynomialDecay
 
 P = 1000
 STEP = PolynomialDecay(1e-3, power=1 / 3)  # the paper's SGLD step 1e-3 * k^(-1/3)
@@ -98,7 +98,7 @@ def run_sgmcmc(name: str, data, args, **options: Any) -> dict[str, Any]:
     prior = psb.priors.Normal(10**0.5)  # only used by plain SGLD: SSGL replaces it
     method = name.removesuffix("_pruned")
     if name.endswith("_pruned"):
-        options["pruning"] = "inclusion"
+        options["pruning"] = InclusionPruning()
     start = time.perf_counter()
     fit = psb.fit(
         linear_bnn(prior), data.X_train, data.y_train, method=method, step_size=STEP,

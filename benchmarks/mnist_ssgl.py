@@ -10,7 +10,7 @@ point estimates fitted during burn-in (the SparseBNN default).
 
 * ``sghmc``: the dense net, ``fit(method="sghmc")`` under the Normal(0, 1) prior.
 * ``sghmc_pruned``: the same sampler with gradual magnitude pruning (no SSGL prior): the ablation.
-* ``sghmc_sa``: ``fit(method="sghmc_sa", pruning="magnitude", sparsity=0.9)``: SSGL prior with
+* ``sghmc_sa``: ``fit(method="sghmc_sa", pruning=MagnitudePruning(sparsity=0.9))``: SSGL prior with
   the default hyperparameters (v0 = 0.1, v1 = 10, a = 1, b = p per layer, classification form)
   and SA updates; each layer's smallest weights are zeroed at the rate
   s_k = 0.9 (1 - 0.99^(k / U)), U chosen so that s_k reaches 99 % of 0.9 at the end of burn-in,
@@ -35,6 +35,7 @@ import torch
 from _common import print_table, write_results
 
 import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.infer.sgmcmc import MagnitudePruning
 
 ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist10k"
 SIZES = [784, 100, 10]
@@ -45,7 +46,7 @@ def run(name: str, data: tuple, args: argparse.Namespace) -> dict:
     (X, y), (X_test, y_test) = data
     bnn = psb.SparseBNN(psb.mlp(SIZES), psb.priors.Normal(1.0), psb.likelihoods.Categorical())
     method = "sghmc_sa" if name == "sghmc_sa" else "sghmc"
-    pruning = {} if name == "sghmc" else {"pruning": "magnitude", "sparsity": 0.9}
+    pruning = {} if name == "sghmc" else {"pruning": MagnitudePruning(sparsity=0.9)}
     start = time.perf_counter()
     fit = psb.fit(
         bnn, X, y, method=method, step_size=1e-5, friction=0.1, batch_size=100,

@@ -44,7 +44,7 @@ Methods (``METHODS``), every fit seeded with ``FIT_SEED``:
   acceptance 0.95, compiled leapfrog steps.
 * ``sgld_sa``, ``sgld_sa_pruned``: ``fit(method="sgld_sa")`` (the SSGL prior replaces the model's),
   4 chains, step ``0.1 / n * k^(-1/3)`` (large_p_small_n.py's at n = 100), 4000 burn-in + 200 x 10
-  iterations, weights started at 0; ``_pruned`` adds ``pruning="inclusion"``.
+  iterations, weights started at 0; ``_pruned`` adds ``pruning=InclusionPruning()``.
 * ``vadam_ard``: ``fit(method="vadam", ard=True)`` on ``SparseBNN(nn.Linear(p, k), priors.ARD(),
   likelihood)`` (a hand-written model starts VADAM at one prior draw, see the report), 3000
   full-batch epochs at lr 0.01, 500 draws.
@@ -115,7 +115,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.infer.sgmcmc import PolynomialDecay
+from pyro_sparse_bnn.infer.sgmcmc import InclusionPruning, PolynomialDecay
 
 FIT_SEED = 0
 N_TEST = 1000
@@ -431,7 +431,7 @@ def fit_nuts(prior: str, pr: Problem, data: Data, budget: Budget) -> psb.FitResu
     )  # fmt: skip
 
 
-def fit_sgld_sa(pruning: str | None, pr: Problem, data: Data, budget: Budget) -> psb.FitResult:
+def fit_sgld_sa(pruning: bool, pr: Problem, data: Data, budget: Budget) -> psb.FitResult:
     n = data.X_train.shape[0]
     model = linear_model("normal", pr, data)  # SSGL replaces the weight prior
     shape = (data.classes, data.X_train.shape[1]) if pr.task == "multiclass" else (model.p,)
@@ -439,7 +439,8 @@ def fit_sgld_sa(pruning: str | None, pr: Problem, data: Data, budget: Budget) ->
         model, data.X_train, data.y_train, method="sgld_sa",
         step_size=PolynomialDecay(0.1 / n, power=1 / 3), num_samples=budget.sgld_draws,
         warmup=budget.sgld_burn_in, thin=budget.sgld_thin, num_chains=4,
-        init={"w": torch.zeros(shape)}, pruning=pruning, seed=FIT_SEED, progress=False,
+        init={"w": torch.zeros(shape)}, pruning=InclusionPruning() if pruning else None,
+        seed=FIT_SEED, progress=False,
     )  # fmt: skip
 
 
@@ -486,8 +487,8 @@ METHODS: dict[str, Method] = {
     "nuts_horseshoe": _nuts("horseshoe", small_only=True),
     "nuts_laplace": _nuts("laplace", small_only=True),
     "nuts_student_t": _nuts("student_t", small_only=True),
-    "sgld_sa": Method(lambda pr, d, b: fit_sgld_sa(None, pr, d, b), "ssgl"),
-    "sgld_sa_pruned": Method(lambda pr, d, b: fit_sgld_sa("inclusion", pr, d, b), "ssgl"),
+    "sgld_sa": Method(lambda pr, d, b: fit_sgld_sa(False, pr, d, b), "ssgl"),
+    "sgld_sa_pruned": Method(lambda pr, d, b: fit_sgld_sa(True, pr, d, b), "ssgl"),
     "vadam_ard": Method(fit_vadam_ard, "ard"),
 }
 

@@ -7,8 +7,8 @@ Data (``datasets.large_p_small_n``): n = 80 train + 100 test rows, p = 400 AR(1)
 correlation 0.8 (the paper: 100, 1000, 0.6), noise variance 2 (the paper: 3), beta = (~3, ~2, ~1,
 0, ...); data seeds 10, 11, ... Each fit is the paper's SGLD-SA (SSGL prior v0 = 0.1, v1 = 10,
 a = 1, b = p, nu = lambda = 1; SGLD step 1e-3 k^(-1/3); 8 chains, 4000 burn-in iterations, 200
-draws thinned by 20). ``pruned`` adds ``pruning="inclusion"``: at the end of burn-in the weights
-that every chain excludes (rho <= 0.5) are zeroed.
+draws thinned by 20). ``pruned`` adds ``pruning=InclusionPruning()``: at the end of warm-up the
+weights that every chain excludes (rho <= 0.5) are zeroed.
 
 Reported per fit: the SA noise estimate sigma per chain against the truth sqrt(2), the true and
 false variables in the median-probability model (chain-averaged rho > 0.5) and the test MSE of
@@ -25,7 +25,7 @@ from _common import print_table, write_results
 from torch import nn
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.infer.sgmcmc import PolynomialDecay
+from pyro_sparse_bnn.infer.sgmcmc import InclusionPruning, PolynomialDecay
 
 N, P, RHO, NOISE_VAR = 80, 400, 0.8, 2.0
 
@@ -41,7 +41,7 @@ def run(seed: int, pruned: bool, burn_in: int) -> dict:
         bnn, data.X_train, data.y_train, method="sgld_sa",
         step_size=PolynomialDecay(1e-3, power=1 / 3), num_samples=200, warmup=burn_in, thin=20,
         num_chains=8, init={"0.weight": torch.zeros(1, P)}, seed=seed, progress=False,
-        pruning="inclusion" if pruned else None,
+        pruning=InclusionPruning() if pruned else None,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     included = fit.info["inclusion"]["0.weight"].reshape(-1)

@@ -33,6 +33,7 @@ from _common import print_table, write_results
 from sklearn import datasets as sk_datasets
 
 import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.infer.sgmcmc import SSGLPrior
 
 SPLITS = 5
 TEST_SIZE = 0.1
@@ -49,10 +50,12 @@ def run(method: str, seed: int, args: argparse.Namespace) -> dict:
     X, y = psb.datasets.load("diabetes", "train", seed=seed, test_size=TEST_SIZE)
     X_test, y_test = psb.datasets.load("diabetes", "test", seed=seed, test_size=TEST_SIZE)
     bnn = psb.SparseBNN(psb.mlp([10, 50, 1]), psb.priors.Normal(1.0), psb.likelihoods.Gaussian())
-    options = {"ssgl_options": {"b": 10.0}} if method == "sghmc_sa" else {}
+    # sghmc_sa with b = 10 instead of the default b = p: fit_sgmcmc's SSGLPrior option
+    options = {"prior": SSGLPrior("sa", b=10.0)} if method == "sghmc_sa" else {}
+    sampler = "sghmc" if options else method
     start = time.perf_counter()
     fit = psb.fit(
-        bnn, X, y, method=method, step_size=1e-5, friction=0.1, batch_size=50,
+        bnn, X, y, method=sampler, step_size=1e-5, friction=0.1, batch_size=50,
         num_chains=args.chains, warmup=args.burn_in, num_samples=args.draws, thin=args.thin,
         seed=seed, progress=False, **options,
     )  # fmt: skip

@@ -22,6 +22,7 @@ import torch
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.cli import main
 from pyro_sparse_bnn.infer.fit import METHODS
+from pyro_sparse_bnn.infer.sgmcmc import InclusionPruning, SSGLPrior
 
 P = psb.priors
 X_ALL, Y_ALL = psb.datasets.load("iris", split="train")
@@ -159,25 +160,17 @@ OPTION_CASES = [
     case("sgld-thin", "sgld", {"thin": 0}, ValueError, "thin"),
     case("sgld-burn-in", "sgld", {"warmup": -1}, ValueError, "warmup"),
     case("sgld-chains", "sgld", {"num_chains": 0}, ValueError, "num_chains"),
-    case("sgld-sa-conflict", "sgld", {"sa": "sa"}, ValueError, r"fixes \['sa'\]"),
+    case("sgld-prior-string", "sgld", {"prior": "ssgl"}, TypeError, "SSGLPrior"),
     case("sghmc-friction", "sghmc", {"friction": 0.0}, ValueError, "friction"),
     case("sghmc-sampler-conflict", "sghmc", {"sampler": "sgld"}, ValueError, r"\['sampler'\]"),
-    case("sgld_sa-weights", "sgld_sa", {"sa_weights": -0.1}, ValueError, "sa_weights"),
     case(
-        "sgld_sa-inclusion-no-burn-in",
+        "sgld_sa-inclusion-no-warmup",
         "sgld_sa",
-        {"pruning": "inclusion", "warmup": 0},
+        {"pruning": InclusionPruning(), "warmup": 0},
         ValueError,
         "warmup",
     ),
-    case(
-        "sghmc_sa-threshold",
-        "sghmc_sa",
-        {"inclusion_threshold": 1.0},
-        ValueError,
-        "inclusion_threshold",
-    ),
-    case("sgld_em-noise-site-type", "sgld_em", {"noise_site": 3}, TypeError, "noise_site"),
+    case("sghmc_sa-pruning-string", "sghmc_sa", {"pruning": "inclusion"}, TypeError, "pruning"),
     case("sghmc_em-prior-conflict", "sghmc_em", {"prior": "model"}, ValueError, r"\['prior'\]"),
     case("nuts-kernel-conflict", "nuts", {"kernel": "hmc"}, ValueError, r"fixes \[.kernel.\]"),
     case("nuts-float-depth", "nuts", {"max_tree_depth": 2.5}, TypeError, "max_tree_depth"),
@@ -302,11 +295,11 @@ LATE_CASES = [
     ),
     case("l0-learned-noise", "l0", _gaussian_learned_noise, (X, YR), {}, ValueError, "fixed-noise"),
     case(
-        "sgld_em-noise-site-on-classifier",
-        "sgld_em",
+        "sgld-noise-site-on-classifier",
+        "sgld",
         classifier,
         (X, Y),
-        {"noise_site": "noise"},
+        {"prior": SSGLPrior("em", noise_site="noise")},
         ValueError,
         "noise_site",
     ),

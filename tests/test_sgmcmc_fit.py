@@ -16,7 +16,14 @@ import pytest
 import torch
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.infer.sgmcmc import SGMCMC_METHODS, PolynomialDecay, fit_sgmcmc
+from pyro_sparse_bnn.infer.sgmcmc import (
+    SGMCMC_METHODS,
+    InclusionPruning,
+    MagnitudePruning,
+    PolynomialDecay,
+    SSGLPrior,
+    fit_sgmcmc,
+)
 
 DT = torch.float64
 
@@ -214,7 +221,7 @@ def test_models_that_cannot_be_vmapped_or_traced_run_chain_by_chain():
 
 
 def test_inclusion_pruning_is_a_consensus_of_the_chains():
-    """pruning='inclusion' zeroes at the end of burn-in only the weights that every chain
+    """InclusionPruning zeroes at the end of warm-up only the weights that every chain
     excludes: the masks agree across chains, every true signal survives in every chain, and the
     noise scale (the SA sigma, estimated from the weights still in the model) is within 20 % of
     the truth."""
@@ -222,9 +229,9 @@ def test_inclusion_pruning_is_a_consensus_of_the_chains():
     fit = psb.fit(
         ssgl_linear_model, data.X_train, data.y_train, method="sgld_sa",
         step_size=PolynomialDecay(1e-3, power=1 / 3), num_samples=100, warmup=1500,
-        num_chains=4, pruning="inclusion", progress=False, init={"w": torch.zeros(200)},
+        num_chains=4, pruning=InclusionPruning(), progress=False, init={"w": torch.zeros(200)},
     )  # fmt: skip
-    masks = fit.info["pruning_masks"]["w"]
+    masks = fit.info["masks"]["w"]
     assert (masks == masks[:1]).all()
     assert masks[:, :2].all() and masks.sum(1).max() < 20
     assert ((fit.info["sigma"] / 2.0**0.5 - 1).abs() < 0.2).all()
@@ -251,8 +258,10 @@ def test_inclusion_pruning_keeps_weights_whose_exclusion_is_undecided():
     )  # fmt: skip
     full = psb.fit(ssgl_logistic_model, X, y, method="sgld_sa", **options)
     assert (full.info["rho"]["w"] < 0.5).all()  # the plain rule would prune every weight
-    pruned = psb.fit(ssgl_logistic_model, X, y, method="sgld_sa", pruning="inclusion", **options)
-    masks = pruned.info["pruning_masks"]["w"]
+    pruned = psb.fit(
+        ssgl_logistic_model, X, y, method="sgld_sa", pruning=InclusionPruning(), **options
+    )
+    masks = pruned.info["masks"]["w"]
     assert (masks == masks[:1]).all() and 0 < masks[0].sum() < 30
     accuracy = pruned.evaluate(X_test, y_test, masked=False)["accuracy"]
     assert accuracy > full.evaluate(X_test, y_test, masked=False)["accuracy"] - 0.03
@@ -268,7 +277,7 @@ def test_sghmc_sa_magnitude_pruning_reaches_the_target_sparsity():
     bnn = psb.SparseBNN(psb.mlp([4, 16, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
     fit = psb.fit(
         bnn, X, y, method="sghmc_sa", step_size=1e-4, num_samples=50, warmup=200, num_chains=2,
-        pruning="magnitude", sparsity=0.8, prune_every=5, progress=False,
+        pruning=MagnitudePruning(sparsity=0.8, every=5), progress=False,
     )  # fmt: skip
     # The rate reaches 99 % of the target at the end of burn-in: per layer and chain,
     # round(0.8 * (1 - 0.01 ** (k / 200)) * p) weights are zero in every kept draw.
@@ -277,7 +286,7 @@ def test_sghmc_sa_magnitude_pruning_reaches_the_target_sparsity():
             continue
         per_draw = (draws == 0).flatten(2).float().mean(-1)
         assert (per_draw >= 0.79 * 0.99).all() and (per_draw <= 0.81).all(), site
-        assert fit.info["pruning_masks"][site].shape == draws.shape[:1] + draws.shape[2:]
+        assert fit.info["masks"][site].shape == draws.shape[:1] + draws.shape[2:]
     assert fit.info["fixed_sites"] == []  # Normal prior: no hyper-sites to hold
     assert set(fit.info["delta"]) == {"0.weight", "2.weight"}  # one inclusion rate per layer
     assert fit.compression()["compression"] > 2.0
@@ -301,27 +310,43 @@ class _CountingModel:
     [
         ({"sampler": "nuts"}, "sampler"),
         ({"prior": "horseshoe"}, "prior"),
-        ({"prior": "ssgl"}, "sa"),
-        ({"sa": "sa"}, "prior='ssgl'"),
+        ({"prior": "ssgl"}, "SSGLPrior"),
         ({"friction": 0.5}, "friction"),
         ({"sampler": "sghmc", "friction": 1.5}, "friction"),
         ({"num_samples": 0}, "num_samples"),
         ({"step_size": -1.0}, "step_size"),
         ({"temperature": 0.0}, "temperature"),
         ({"preconditioner": "adam"}, "preconditioner"),
-        ({"pruning": "inclusion"}, "prior='ssgl'"),
-        ({"pruning": "random"}, "pruning"),
-        ({"prior": "ssgl", "sa": "em", "ssgl_options": {"v2": 1.0}}, "ssgl_options"),
-        ({"ssgl_options": {"v0": 0.1}}, "ssgl_options"),
-        ({"sparsity": 1.0}, "sparsity"),
+        ({"pruning": InclusionPruning()}, "SSGLPrior"),
+        ({"pruning": "magnitude"}, "pruning"),
+        ({"prior": SSGLPrior(), "pruning": InclusionPruning(), "warmup": 0}, "warmup"),
     ],
 )
 def test_bad_arguments_raise_before_the_model_runs(options, match):
     x, y, _, _ = _conjugate_regression()
     model = _CountingModel()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         fit_sgmcmc(model, x, y, progress=False, **options)
     assert _CountingModel.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: SSGLPrior(update="gibbs"), ValueError, "update"),
+        (lambda: SSGLPrior(update="em", sa_weights=0.1), ValueError, "sa_weights"),
+        (lambda: SSGLPrior(sa_weights=-0.1), ValueError, "sa_weights"),
+        (lambda: SSGLPrior(v0=0.0), ValueError, "v0"),
+        (lambda: SSGLPrior(delta=1.0), ValueError, "delta"),
+        (lambda: SSGLPrior(noise_site=3), TypeError, "noise_site"),
+        (lambda: MagnitudePruning(sparsity=1.0), ValueError, "sparsity"),
+        (lambda: MagnitudePruning(every=0), ValueError, "every"),
+        (lambda: InclusionPruning(threshold=1.0), ValueError, "threshold"),
+    ],
+)
+def test_option_objects_cannot_be_built_invalid(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
 
 
 def test_alias_options_and_model_structure_errors():

@@ -23,8 +23,8 @@ __all__ = ["METHODS", "Method", "fit"]
 class Method(NamedTuple):
     """A ``fit`` method: its name, the public function that runs it and the options it fixes.
 
-    >>> METHODS["sgld_sa"].fixed
-    {'sampler': 'sgld', 'prior': 'ssgl', 'sa': 'sa'}
+    >>> METHODS["sgld_sa"].fixed  # doctest: +ELLIPSIS
+    {'sampler': 'sgld', 'prior': SSGLPrior(update='sa', ...)}
     >>> "num_samples" in METHODS["nuts"].options(), "kernel" in METHODS["nuts"].options()
     (True, False)
     """

@@ -1,8 +1,8 @@
 """Stochastic-gradient MCMC: the SGLD/SGHMC kernels, the SSGL prior and ``fit_sgmcmc``.
 
 >>> from pyro_sparse_bnn.infer import sgmcmc
->>> sgmcmc.SGMCMC_METHODS["sgld_sa"]  # what ``fit(method="sgld_sa")`` fixes
-{'sampler': 'sgld', 'prior': 'ssgl', 'sa': 'sa'}
+>>> sgmcmc.SGMCMC_METHODS["sgld_em"]  # what ``fit(method="sgld_em")`` fixes
+{'sampler': 'sgld', 'prior': SSGLPrior(update='em', ...)}
 """
 
 from .fit import SGMCMC_METHODS, fit_sgmcmc
@@ -19,7 +19,8 @@ from .kernels import (
     RMSPreconditioner,
     SparseRateSchedule,
 )
-from .model import PRIORS, PRUNING, SA_MODES, SAMPLERS
+from .model import SAMPLERS
+from .options import InclusionPruning, MagnitudePruning, SSGLPrior
 from .ssgl import (
     SSGL,
     inclusion_mask,
@@ -36,10 +37,7 @@ from .ssgl import (
 
 __all__ = [
     "EM_WEIGHTS",
-    "PRIORS",
-    "PRUNING",
     "SAMPLERS",
-    "SA_MODES",
     "SGHMC",
     "SGLD",
     "SGMCMC_METHODS",
@@ -47,10 +45,13 @@ __all__ = [
     "SSGL_SA_WEIGHTS",
     "SSGL_STEP_SIZE",
     "ConstantSchedule",
+    "InclusionPruning",
     "IntegratorState",
     "LangevinIntegrator",
+    "MagnitudePruning",
     "PolynomialDecay",
     "RMSPreconditioner",
+    "SSGLPrior",
     "SparseRateSchedule",
     "fit_sgmcmc",
     "inclusion_mask",

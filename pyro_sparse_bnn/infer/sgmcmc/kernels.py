@@ -121,7 +121,7 @@ EM_WEIGHTS = ConstantSchedule(1.0)
 """SA weight 1: each update replaces the state, the paper's EM variant."""
 
 
-def _as_schedule(value: float | Schedule, name: str) -> Schedule:
+def as_schedule(value: float | Schedule, name: str) -> Schedule:
     if callable(value):
         return value
     return ConstantSchedule(float(check_positive(value, name)))
@@ -231,7 +231,7 @@ class LangevinIntegrator:
         gradient_noise: float = 0.0,
         preconditioner: RMSPreconditioner | None = None,
     ) -> None:
-        self.step_size = _as_schedule(step_size, "step_size")
+        self.step_size = as_schedule(step_size, "step_size")
         if not 0 < friction <= 1:
             raise ValueError(f"friction must be in (0, 1], got {friction}")
         self.friction = float(friction)

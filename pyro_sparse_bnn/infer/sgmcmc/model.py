@@ -25,13 +25,10 @@ from torch.distributions import biject_to, constraints
 from ...priors import WEIGHT_TAG
 from ...sites import is_improper, unvalidated, unwrap
 from ..graph_simplify import fold_broadcast_bmm, merge_common_subexpressions
+from .options import SSGLPrior
 
 SAMPLERS = ("sgld", "sghmc")
-PRIORS = ("model", "ssgl")
-SA_MODES = ("sa", "em")
-PRUNING = ("magnitude", "inclusion")
 LATE_STATES = 25  # per chain, for the PSIS-LOO budget of pruning="inclusion"
-_SSGL_OPTIONS = ("v0", "v1", "nu", "lam", "a", "b", "delta", "sigma")
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,9 +85,7 @@ def _likelihood_inputs(
     return {k for k, g in zip(leaves, grads, strict=True) if g is not None}
 
 
-def _layout(
-    model: Callable, x: Tensor, y: Tensor, prior: str, noise_site: str | None, init: dict
-) -> _Layout:
+def _layout(model: Callable, x: Tensor, y: Tensor, ssgl: SSGLPrior | None, init: dict) -> _Layout:
     trace = _start_trace(model, x, y, init)
     unknown = sorted(set(init) - set(trace.nodes))
     if unknown:
@@ -121,14 +116,14 @@ def _layout(
         scored=latent,
         weights=weights,
     )
-    if prior == "model":
+    if ssgl is None:
         improper = [k for k in latent if is_improper(unwrap(trace.nodes[k]["fn"]))]
         if improper:
             raise ValueError(
-                f"sites {improper} have improper priors: use prior='ssgl' or SVI for them"
+                f"sites {improper} have improper priors: use an SSGLPrior or SVI for them"
             )
     else:
-        _ssgl_layout(layout, model, x, y, trace, noise_site)
+        _ssgl_layout(layout, model, x, y, trace, ssgl.noise_site)
     layout.transforms = {
         k: None
         if _is_real(trace.nodes[k]["fn"].support)
@@ -146,7 +141,7 @@ def _ssgl_layout(
     """Weights get the SSGL prior; other sites are sampled, fixed or driven by ``sigma``."""
     if not layout.weights:
         raise ValueError(
-            f"prior='ssgl' needs weight sites tagged infer={{{WEIGHT_TAG!r}: True}} "
+            f"an SSGLPrior needs weight sites tagged infer={{{WEIGHT_TAG!r}: True}} "
             "(every pyro_sparse_bnn prior tags its weights); the model has none"
         )
     latent = layout.sampled

@@ -1,5 +1,10 @@
 """One SG-MCMC run of ``fit_sgmcmc``: the chains' state, the SSGL updates, pruning and the
-kept draws."""
+kept draws.
+
+>>> plan = Plan(warmup=100, num_samples=50, thin=2)
+>>> plan.warmup + plan.num_samples * plan.thin  # iterations run
+200
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -15,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ...sparsity import budget_masks, relevance
 from ..result import FitResult
-from .kernels import LangevinIntegrator, Schedule, SparseRateSchedule
+from .kernels import LangevinIntegrator, SparseRateSchedule
 from .model import (
     LATE_STATES,
     _Density,
@@ -25,7 +30,26 @@ from .model import (
     _param_leaves,
     _point_parameters,
 )
+from .options import InclusionPruning, MagnitudePruning, SSGLPrior
 from .ssgl import SSGL, inclusion_mask, magnitude_mask
+
+
+class Chains(NamedTuple):
+    """The chains of one run: how many, rows per gradient, the seed of their starting noise,
+    minibatches and Langevin noise, and the Adam rate of the model's point parameters."""
+
+    num_chains: int
+    batch_size: int
+    seed: int
+    param_lr: float
+
+
+class Plan(NamedTuple):
+    """``warmup + num_samples * thin`` iterations; every ``thin``-th after warm-up is kept."""
+
+    warmup: int
+    num_samples: int
+    thin: int
 
 
 class _Run:
@@ -38,14 +62,12 @@ class _Run:
         x: Tensor,
         y: Tensor,
         integrator: LangevinIntegrator,
-        num_chains: int,
-        batch_size: int,
-        seed: int,
-        ssgl_options: dict[str, float] | None,
-        param_lr: float,
+        chains: Chains,
+        ssgl: SSGLPrior | None,
     ) -> None:
+        num_chains, self.batch_size, seed, param_lr = chains
         self.model, self.layout, self.x, self.y = model, layout, x, y
-        self.integrator, self.num_chains, self.batch_size = integrator, num_chains, batch_size
+        self.integrator, self.num_chains = integrator, num_chains
         self.density = _Density(model, layout, num_chains, x.shape[0])
         self.gradient = _Gradient(self.density)
         self.generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -57,11 +79,11 @@ class _Run:
         self.weight_index = [layout.sampled.index(k) for k in layout.weights if k in layout.sampled]
         self.ssgl = None
         self.noise = None
-        if ssgl_options is not None:
+        self.omega = None if ssgl is None else ssgl.weights()
+        if ssgl is not None:
             sizes = [self.start[i][0].numel() for i in self.weight_index]
-            self.ssgl = SSGL(
-                self._flat(self.start), groups=sizes if len(sizes) > 1 else None, **ssgl_options
-            )
+            groups = sizes if len(sizes) > 1 else None
+            self.ssgl = SSGL(self._flat(self.start), groups=groups, **ssgl.hyperparameters())
             self.noise = self.ssgl.sigma if layout.noise is not None else None
         self.params = _point_parameters(model, _param_leaves(model, x[:1], y[:1], layout.init))
         self.optimizer = torch.optim.Adam(self.params, lr=param_lr) if self.params else None
@@ -135,12 +157,10 @@ class _Run:
         self.optimizer.step()
         return evaluation
 
-    def _prune(
-        self, k: int, warmup: int, pruning: str, schedule: Any, every: int, threshold: float
-    ):
+    def _prune(self, k: int, warmup: int, pruning: Any, schedule: Any):
         """Refresh the keep-masks when due and zero the pruned weights (and their momentum)."""
         names = [name for name in self.layout.weights if name in self.layout.sampled]
-        if pruning == "magnitude" and k % every == 0:
+        if isinstance(pruning, MagnitudePruning) and k % pruning.every == 0:
             rate = schedule(k)
             self.masks = {
                 name: magnitude_mask(
@@ -148,8 +168,8 @@ class _Run:
                 ).reshape(self._state.params[i].shape)
                 for name, i in zip(names, self.weight_index, strict=True)
             }
-        elif pruning == "inclusion" and k == warmup:
-            self.masks = self._inclusion_masks(names, threshold)
+        elif isinstance(pruning, InclusionPruning) and k == warmup:
+            self.masks = self._inclusion_masks(names, pruning.threshold)
         if self.masks is None:
             return
         params = list(self._state.params)
@@ -193,14 +213,8 @@ class _Run:
 
     def loop(
         self,
-        warmup: int,
-        num_samples: int,
-        thin: int,
-        omega: Schedule,
-        pruning: str | None,
-        schedule: SparseRateSchedule | None,
-        prune_every: int,
-        threshold: float,
+        plan: Plan,
+        pruning: MagnitudePruning | InclusionPruning | None,
         progress: bool,
         callback: Callable[[int, float], bool | None] | None,
         method: str,
@@ -211,6 +225,11 @@ class _Run:
         happens at exactly that state (one extra evaluation after the last iteration).
         """
         layout, n = self.layout, self.x.shape[0]
+        warmup, num_samples, thin = plan
+        schedule = None
+        if isinstance(pruning, MagnitudePruning):
+            period = pruning.period_for(warmup)
+            schedule = SparseRateSchedule(pruning.sparsity, pruning.damping, period)
         self._state = self.integrator.init(self.start)
         kept: dict[str, list[Tensor]] = {}
         stats: dict[str, list[Tensor]] = {}
@@ -233,7 +252,7 @@ class _Run:
                     grads[i] = grads[i] + g
             self._state = self.integrator.step(self._state, grads, self.generator)
             if pruning is not None:
-                self._prune(k, warmup, pruning, schedule, prune_every, threshold)
+                self._prune(k, warmup, pruning, schedule)
             if self.ssgl is not None:
                 regression = layout.noise is not None
                 active = None
@@ -242,7 +261,7 @@ class _Run:
                     active = torch.cat(parts, dim=1)
                 self.ssgl.update(
                     self._flat(self._state.params),
-                    omega(k),
+                    self.omega(k),
                     rss=evaluation.rss if regression else None,
                     num_data=n if regression else None,
                     active=active,
@@ -250,7 +269,7 @@ class _Run:
                 if regression:
                     self.noise = self.ssgl.sigma
             late = 0 < warmup - k <= LATE_STATES * late_every and (warmup - k) % late_every == 0
-            if pruning == "inclusion" and layout.noise is None and late:
+            if isinstance(pruning, InclusionPruning) and layout.noise is None and late:
                 self._record_late_state()
             if k > warmup and (k - warmup) % thin == 0:
                 pending = self._snapshot(k)
