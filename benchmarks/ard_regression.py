@@ -25,6 +25,7 @@ from _common import print_table, write_results
 from torch import Tensor
 
 import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.infer.vadam import ARDOptions
 
 TRUE = [1.5, -1.0, 0.75, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # last: the bias
 NOISE = 0.5
@@ -67,7 +68,7 @@ def main() -> None:
     for variant in ("gamma", "thesis"):
         start = time.perf_counter()
         result = psb.fit(
-            model, x, y, method="vadam", ard=True, variant=variant, epochs=epochs, lr=0.05,
+            model, x, y, method="vadam", ard=ARDOptions(variant), epochs=epochs, lr=0.05,
             seed=args.seed, progress=False,
         )  # fmt: skip
         seconds = time.perf_counter() - start

@@ -61,6 +61,7 @@ from _common import RESULTS, print_table, write_results
 from torch import Tensor, nn
 
 import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.infer.vadam import ARDOptions
 
 SIZES = [4, 8, 3]
 N_PARAMS = 67
@@ -164,7 +165,7 @@ def run_vadam_ard(seed: int, epochs: int, data: Data) -> list[dict]:
             bias_prior=psb.priors.ARD(),
         )  # fmt: skip
         result = psb.fit(
-            bnn, x, y, method="vadam", ard=True, variant=variant, per_example_grads=per_example,
+            bnn, x, y, method="vadam", ard=ARDOptions(variant), per_example_grads=per_example,
             kl_weight=kl_weight, epochs=epochs, lr=lr, seed=seed, num_posterior_samples=DRAWS,
             progress=False,
         )  # fmt: skip

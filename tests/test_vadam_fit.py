@@ -13,7 +13,7 @@ from torch import Tensor
 
 import pyro_sparse_bnn as psb
 import pyro_sparse_bnn.infer.vadam.fit as vadam_fit
-from pyro_sparse_bnn.infer.vadam import Vadam, VadamARD
+from pyro_sparse_bnn.infer.vadam import ARDOptions, Vadam, VadamARD
 
 F64 = torch.float64
 
@@ -264,12 +264,9 @@ BAD_OPTIONS = [
     ({"num_particles": 0}, ValueError, "num_particles"),
     ({"prior_precision": 0.0}, ValueError, "prior_precision"),
     ({"prior_precision": -2.0}, ValueError, "prior_precision"),
-    ({"variant": "adam"}, ValueError, "variant"),
     ({"epochs": 0}, ValueError, "epochs"),
     ({"batch_size": -1}, ValueError, "batch_size"),
     ({"betas": (0.9, 1.0)}, ValueError, "betas"),
-    ({"a0": -1.0}, ValueError, "a0"),
-    ({"b0": -1.0}, ValueError, "b0"),
     ({"kl_weight": 0.0}, ValueError, "kl_weight"),
     ({"kl_weight": float("nan")}, ValueError, "kl_weight"),
     ({"num_posterior_samples": 1}, ValueError, "num_posterior_samples"),
@@ -277,6 +274,15 @@ BAD_OPTIONS = [
     ({"per_example_grads": 1}, TypeError, "per_example_grads"),
     ({"callback": 3}, TypeError, "callback"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [({"variant": "adam"}, "variant"), ({"a0": -1.0}, "a0"), ({"b0": -1.0}, "b0")],
+)
+def test_ard_options_cannot_be_built_invalid(options: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        ARDOptions(**options)
 
 
 @pytest.mark.parametrize(("options", "error", "name"), BAD_OPTIONS)
@@ -299,6 +305,7 @@ def test_optimiser_classes_match_options() -> None:
     bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.ARD(), psb.likelihoods.Categorical())
     with pytest.warns(UserWarning, match="replaces"):
         plain = psb.fit(bnn, X, y, method="vadam", epochs=1, progress=False, prior_precision=2.0)
-    ard = psb.fit(bnn, X, y, method="vadam", ard=True, variant="thesis", epochs=1, progress=False)
+    thesis = ARDOptions(variant="thesis")
+    ard = psb.fit(bnn, X, y, method="vadam", ard=thesis, epochs=1, progress=False)
     assert type(plain.info["optimizer"]) is Vadam and plain.info["variant"] is None
     assert isinstance(ard.info["optimizer"], VadamARD) and ard.info["optimizer"].variant == "thesis"

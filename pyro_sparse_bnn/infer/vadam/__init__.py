@@ -5,8 +5,8 @@
 ('gamma', 'thesis')
 """
 
-from .fit import VARIANTS, fit_vadam
+from .fit import VARIANTS, ARDOptions, fit_vadam
 from .optimizer import Vadam
 from .variants import VOGN, VadamARD
 
-__all__ = ["VARIANTS", "VOGN", "Vadam", "VadamARD", "fit_vadam"]
+__all__ = ["VARIANTS", "VOGN", "ARDOptions", "Vadam", "VadamARD", "fit_vadam"]

@@ -45,6 +45,7 @@ import copy
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
@@ -73,14 +74,37 @@ VARIANTS = ("gamma", "thesis")
 """VADAM-ARD updates (see :class:`~pyro_sparse_bnn.infer.vadam.VadamARD`)."""
 
 
+@dataclass(frozen=True)
+class ARDOptions:
+    """VADAM-ARD's settings: the ``variant`` of its update (``"gamma"``, the mean-field optimum,
+    or ``"thesis"``) and the Gamma shape ``a0`` and rate ``b0`` of each ARD precision (0, 0: the
+    ARD limit; VADAM-ARD's own, not read from the model). ``fit(..., ard=True)`` is
+    ``ard=ARDOptions()``.
+
+    >>> ARDOptions(variant="thesis").variant
+    'thesis'
+    >>> ARDOptions(a0=-1.0)
+    Traceback (most recent call last):
+    ValueError: a0 must be >= 0, got -1.0
+    """
+
+    variant: str = "gamma"
+    a0: float = 0.0
+    b0: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice(self.variant, "variant", VARIANTS)
+        check_nonnegative(self.a0, "a0")
+        check_nonnegative(self.b0, "b0")
+
+
 @isolated
 def fit_vadam(
     model: Callable,
     X: Tensor,
     y: Tensor,
     *,
-    ard: bool = False,
-    variant: str = "gamma",
+    ard: bool | ARDOptions = False,
     epochs: int = 100,
     batch_size: int | None = None,
     lr: float = 1e-2,
@@ -88,8 +112,6 @@ def fit_vadam(
     num_particles: int = 1,
     prior_precision: float | None = None,
     per_example_grads: bool | None = None,
-    a0: float = 0.0,
-    b0: float = 0.0,
     kl_weight: float = 1.0,
     num_posterior_samples: int = 200,
     seed: int = 0,
@@ -111,8 +133,8 @@ def fit_vadam(
     such as ``priors.ARD``, counts as ARD), with a ``UserWarning`` naming the sites.
 
     Args:
-        ard: learn one prior precision per weight and prune by ``|mu| / sigma``.
-        variant: VADAM-ARD update, ``"gamma"`` (mean-field optimum, default) or ``"thesis"``.
+        ard: learn one prior precision per weight and prune by ``|mu| / sigma``: ``True`` or
+            an :class:`ARDOptions` (update variant, Gamma hyperparameters).
         epochs: passes over the data; ``batch_size`` rows per step (default: full batch).
         lr, betas: step size and moment decay rates of the VADAM and Adam updates.
         num_particles: ``K``, weight samples (model evaluations) per step.
@@ -121,8 +143,6 @@ def fit_vadam(
         per_example_grads: build ``s`` from per-example squared gradients (VOGN; correct at any
             batch size) instead of squared minibatch means (Vadam; correct at batch size 1, too
             wide posteriors for larger batches). ``None``: VOGN unless ``batch_size == 1``.
-        a0, b0: Gamma shape and rate of each ARD precision (0, 0: the ARD limit). These are
-            VADAM-ARD's own, not read from the model.
         kl_weight: ``beta`` of the tempered objective ``E_q[NLL] + beta KL(q || prior)``: the
             optimiser runs with ``N / beta`` examples, so the posterior precision is
             ``N s / beta + lambda``. Above 1 the prior weighs more (sparser networks: the role
@@ -153,8 +173,9 @@ def fit_vadam(
     check_seed(seed)
     if y is None:
         raise ValueError("y is required for fitting")
-    check_bool(ard, "ard")
-    check_choice(variant, "variant", VARIANTS)
+    if not isinstance(ard, bool | ARDOptions):
+        raise TypeError(f"ard must be a bool or an ARDOptions, got {ard!r}")
+    ard = ARDOptions() if ard is True else ard
     epochs = check_positive_int(epochs, "epochs")
     n = x.shape[0]
     batch_size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
@@ -166,14 +187,7 @@ def fit_vadam(
     if per_example_grads is None:
         per_example_grads = batch_size > 1
     check_bool(per_example_grads, "per_example_grads")
-    check_nonnegative(a0, "a0")
-    check_nonnegative(b0, "b0")
     check_positive(kl_weight, "kl_weight")
-    if not ard:
-        ard_only = {"variant": variant != "gamma", "a0": a0 != 0.0, "b0": b0 != 0.0}
-        if any(ard_only.values()):
-            names = ", ".join(k for k, v in ard_only.items() if v)
-            raise ValueError(f"{names} only apply to VADAM-ARD: pass ard=True")
     if check_positive_int(num_posterior_samples, "num_posterior_samples") < 2:
         raise ValueError(f"num_posterior_samples must be at least 2, got {num_posterior_samples}")
     loop = LoopOptions(
@@ -212,7 +226,7 @@ def fit_vadam(
         "generator": generator,
     }
     if ard:
-        opt: Vadam = VadamARD(groups, a0=a0, b0=b0, variant=variant, **common)
+        opt: Vadam = VadamARD(groups, a0=ard.a0, b0=ard.b0, variant=ard.variant, **common)
     else:
         opt = Vadam(groups, **common)
     own = list(model.parameters()) if isinstance(model, nn.Module) else []
@@ -283,8 +297,8 @@ def fit_vadam(
         "relevance": {name: mu[name].abs() / sigma[name] for name in names},
         "prior_precision": precision,
         "point_estimates": points,
-        "ard": ard,
-        "variant": variant if ard else None,
+        "ard": bool(ard),
+        "variant": ard.variant if ard else None,
         "per_example_grads": per_example_grads,
         "kl_weight": kl_weight,
         **run,
