@@ -81,7 +81,7 @@ def score(
     }
 
 
-def _svi_fit(bnn, x, y, settings: dict, guide: str = "sparsevd") -> psb.FitResult:
+def _svi_fit(bnn, x, y, settings: dict, guide: str = "sparse_vd") -> psb.FitResult:
     return psb.fit(
         bnn,
         x,

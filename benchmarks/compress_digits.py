@@ -20,7 +20,7 @@ the learning rate constant for the first half of the epochs and then linearly to
   barely moves the gates in 2,800 steps), weight decay 5e-4, gate learning rate 1e-2.
 
 The variational methods prune each weight whose *effective* ``log_alpha = log(Var / E^2)`` of
-``w`` (``sparse_guides.weight_moments``) exceeds 3; their test-time network uses the posterior
+``w`` (``guides.weight_moments``) exceeds 3; their test-time network uses the posterior
 means. Their ``threshold_sweep`` scores the same posterior at other relevance thresholds
 (``_compress.THRESHOLDS``), and the ``summary`` row lists each method's most compressed point
 within the goal's error budget (dense + 0.5 pp). The error is that of the physically pruned

@@ -23,7 +23,7 @@ initialisation, the weight noise and the minibatch order. Methods:
   ``result.masks(t, by="ard")``).
 * ``horseshoe_svi``: ``fit(method="svi")`` with ``priors.Horseshoe(1.0)`` on every parameter,
   mean-field guide; keep posterior SNR ``> k`` for a sweep of ``k``.
-* ``sparse_vd``: ``priors.LogUniform`` on every parameter with the ``"sparsevd"`` guide (KL
+* ``sparse_vd``: ``priors.LogUniform`` on every parameter with the ``"sparse_vd"`` guide (KL
   warm-up), if the guide registry has it (else reported as pending); keep SNR ``> k``.
 
 Every threshold is swept so that each kept count ``n`` in ``COUNTS`` is reached; the Bayesian
@@ -192,7 +192,7 @@ def run_sparse_vd(seed: int, epochs: int, data: Data) -> list[dict]:
     prior = psb.priors.LogUniform()
     bnn = psb.SparseBNN(network(seed), prior, psb.likelihoods.Categorical(), bias_prior=prior)
     result = psb.fit(
-        bnn, x, y, method="svi", guide="sparsevd", epochs=epochs, lr=0.01,
+        bnn, x, y, method="svi", guide="sparse_vd", epochs=epochs, lr=0.01,
         kl_warmup=epochs // 5, seed=seed, num_posterior_samples=DRAWS, progress=False,
     )  # fmt: skip
     return bayesian_sweep("sparse_vd", "log_uniform,lr=0.01,warmup", seed, result, data)
@@ -270,7 +270,7 @@ def compare(mean: dict[str, dict[int, float]], per_seed: pd.DataFrame, count: st
 def runners() -> dict[str, Callable[[int, int, Data], list[dict]]]:
     """The methods to run, in table order (SparseVD only if the guide registry has it)."""
     found = {"l1": run_l1, "vadam_ard": run_vadam_ard, "horseshoe_svi": run_horseshoe}
-    if "sparsevd" in psb.guides.GUIDES:
+    if "sparse_vd" in psb.guides.GUIDES:
         found["sparse_vd"] = run_sparse_vd
     return found
 

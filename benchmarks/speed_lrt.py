@@ -160,8 +160,10 @@ def main() -> None:
         "plain": plain_step(x, y),
         "lrt": svi_step(normal, "mean_field", lrt, x, y, n, traced=True),
         "lrt_compiled": svi_step(normal, "mean_field", lrt, x, y, n, traced="compiled"),
-        "lrt_sparsevd": svi_step(log_uniform, "sparsevd", lrt, x, y, n, traced=True),
-        "lrt_sparsevd_compiled": svi_step(log_uniform, "sparsevd", lrt, x, y, n, traced="compiled"),
+        "lrt_sparsevd": svi_step(log_uniform, "sparse_vd", lrt, x, y, n, traced=True),
+        "lrt_sparsevd_compiled": svi_step(
+            log_uniform, "sparse_vd", lrt, x, y, n, traced="compiled"
+        ),
         "lrt_eager": svi_step(normal, "mean_field", lrt, x, y, n, traced=False),
         "naive": svi_step(normal, "mean_field", naive, x, y, n, traced=False),
         "naive_traced": svi_step(normal, "mean_field", naive, x, y, n, traced=True),

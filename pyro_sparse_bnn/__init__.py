@@ -24,7 +24,6 @@ from . import (
     penalties,
     priors,
     prune,
-    sparse_guides,
     sparsity,
 )
 from ._version import __version__
@@ -71,6 +70,5 @@ __all__ = [
     "plots",
     "priors",
     "prune",
-    "sparse_guides",
     "sparsity",
 ]

@@ -60,7 +60,7 @@ def analytic_kl(guide_site: dict, model_site: dict) -> Tensor | None:
     if kl is None and isinstance(unwrap(p), ARDNormal):
         raise ValueError(
             f"site {model_site['name']!r} has the profiled ARDNormal prior, whose KL exists only "
-            "in closed form against a Normal guide site: use guide='sparsevd' "
+            "in closed form against a Normal guide site: use guide='sparse_vd' "
             "(or priors.ARD with guide='mean_field')"
         )
     if kl is not None:

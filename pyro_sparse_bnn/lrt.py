@@ -10,7 +10,7 @@ materialises a weight sample.
 way for any Pyro model whose weights enter ``F.linear``, ``F.conv1d/2d/3d`` or ``matmul``:
 
 * the guide runs under a recorder that notes every Normal site (a direct ``Normal`` guide site
-  such as :class:`~pyro_sparse_bnn.sparse_guides.SparseVDGuide`'s, or the auxiliary Normal of an
+  such as :class:`~pyro_sparse_bnn.guides.SparseVDGuide`'s, or the auxiliary Normal of an
   ``AutoNormal`` site with real support) and the tensor it returned;
 * the model runs under a scoped :class:`torch.overrides.TorchFunctionMode` (no global patching):
   a linear or convolution op whose *weight argument is* a recorded tensor returns
@@ -32,7 +32,7 @@ weight draws (:class:`~pyro_sparse_bnn.FitResult`) estimate the same predictive 
 
 >>> import torch
 >>> from pyro_sparse_bnn import SparseBNN, mlp, priors, likelihoods
->>> from pyro_sparse_bnn.sparse_guides import sparse_vd
+>>> from pyro_sparse_bnn.guides import sparse_vd
 >>> bnn = SparseBNN(mlp([4, 8, 3]), priors.LogUniform(), likelihoods.Categorical())
 >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
 >>> guide = sparse_vd(bnn)
@@ -321,7 +321,7 @@ def lrt_predict(
     else ``mean`` and ``std``, as :meth:`~pyro_sparse_bnn.FitResult.predict` does.
 
     >>> import pyro_sparse_bnn as psb
-    >>> from pyro_sparse_bnn.sparse_guides import sparse_vd
+    >>> from pyro_sparse_bnn.guides import sparse_vd
     >>> bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.LogUniform(), psb.likelihoods.Categorical())
     >>> guide = sparse_vd(bnn)
     >>> _ = guide(torch.randn(1, 4), torch.tensor([0]))

@@ -209,7 +209,7 @@ def log_alpha_masks(
     ``threshold``.
 
     ``params`` maps a name to ``(loc, scale)``, e.g. from
-    :meth:`~pyro_sparse_bnn.sparse_guides.SparseVDGuide.loc` and ``.scale``.
+    :meth:`~pyro_sparse_bnn.guides.SparseVDGuide.loc` and ``.scale``.
 
     >>> log_alpha_masks({"w": (torch.tensor([1.0, 0.1]), torch.tensor([1.0, 1.0]))})["w"].tolist()
     [True, False]

@@ -210,7 +210,7 @@ def test_sparsevd_with_lrt_prunes_on_the_device(device):
     X, y = on(device, *psb.datasets.load("iris"))
     torch.manual_seed(0)
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.LogUniform(), psb.likelihoods.Categorical())
-    fit = psb.fit(bnn, X, y, guide="sparsevd", elbo="lrt", epochs=150, lr=0.05, progress=False)
+    fit = psb.fit(bnn, X, y, guide="sparse_vd", elbo="lrt", epochs=150, lr=0.05, progress=False)
     small = fit.prune()
     assert {p.device.type for p in small.parameters()} == {device}
     means = {k: m for k, (m, _) in fit.weight_moments().items()}

@@ -14,8 +14,8 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.elbo import MeanFieldELBO
+from pyro_sparse_bnn.guides import sparse_vd
 from pyro_sparse_bnn.lrt import LocalReparameterizationELBO
-from pyro_sparse_bnn.sparse_guides import sparse_vd
 
 PROPER_PRIORS = {
     "normal": psb.priors.Normal(0.5),
@@ -102,9 +102,9 @@ def test_mean_field_elbo_is_the_monte_carlo_elbo_at_each_draw(name, elbo):
 @pytest.mark.parametrize(
     "elbo, guide_name, prior",
     [
-        (MeanFieldELBO, "sparsevd", psb.priors.Horseshoe(0.1, groups="in")),
-        (MeanFieldELBO, "sparsevd", psb.priors.ARD()),
-        (LocalReparameterizationELBO, "sparsevd", psb.priors.Horseshoe(0.1, groups="in")),
+        (MeanFieldELBO, "sparse_vd", psb.priors.Horseshoe(0.1, groups="in")),
+        (MeanFieldELBO, "sparse_vd", psb.priors.ARD()),
+        (LocalReparameterizationELBO, "sparse_vd", psb.priors.Horseshoe(0.1, groups="in")),
         (LocalReparameterizationELBO, "mean_field", psb.priors.Horseshoe(0.1, groups="in")),
     ],
 )
@@ -113,10 +113,10 @@ def test_analytic_kls_and_lrt_leave_the_elbo_unbiased(elbo, guide_name, prior):
     unit-scale weights, Monte Carlo terms for the transformed scales or precisions) or the
     mean-field guide (with LRT: analytic KL for the weights, the exact Delta KL for the scales):
     the mean of 400 estimates lies within 4 standard errors of the mean of 400 plain Monte
-    Carlo estimates. (So ``priors.ARD`` with ``guide="sparsevd"`` is a proper pairing.)"""
+    Carlo estimates. (So ``priors.ARD`` with ``guide="sparse_vd"`` is a proper pairing.)"""
     pyro.set_rng_seed(0)
     bnn, x, y = small_bnn(prior)
-    if guide_name == "sparsevd":
+    if guide_name == "sparse_vd":
         guide = sparse_vd(bnn, init_log_sigma2=-3.0)
     else:
         guide = psb.guides.mean_field(bnn, init_scale=0.2)
@@ -156,9 +156,9 @@ def test_profiled_ard_prior_needs_a_normal_guide_site():
     guide (AutoNormal: a Delta site) is refused with a message that names the fix."""
     X, y = psb.datasets.load("iris")
     bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.ProfiledARD(), psb.likelihoods.Categorical())
-    with pytest.raises(ValueError, match="sparsevd"):
+    with pytest.raises(ValueError, match="sparse_vd"):
         psb.fit(bnn, X, y, guide="mean_field", epochs=2, progress=False)
-    fit = psb.fit(bnn, X, y, guide="sparsevd", epochs=2, progress=False)
+    fit = psb.fit(bnn, X, y, guide="sparse_vd", epochs=2, progress=False)
     assert len(fit.info["history"]) == 2
 
 

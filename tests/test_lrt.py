@@ -12,8 +12,8 @@ from pyro import poutine
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.elbo import MeanFieldELBO
+from pyro_sparse_bnn.guides import sparse_vd
 from pyro_sparse_bnn.lrt import LocalReparameterization, LocalReparameterizationELBO, lrt_predict
-from pyro_sparse_bnn.sparse_guides import sparse_vd
 
 S = 20_000  # Monte Carlo draws: mean error sd/141, variance error about sqrt(2/S) = 1 %
 
@@ -138,9 +138,9 @@ def small_problem(prior, n=64, seed=0):
 @pytest.mark.parametrize(
     "prior, guide_name",
     [
-        (psb.priors.LogUniform(), "sparsevd"),
+        (psb.priors.LogUniform(), "sparse_vd"),
         (psb.priors.Normal(), "mean_field"),
-        pytest.param(psb.priors.Horseshoe(groups="in"), "sparsevd", marks=pytest.mark.slow),
+        pytest.param(psb.priors.Horseshoe(groups="in"), "sparse_vd", marks=pytest.mark.slow),
     ],
 )
 def test_elbo_is_unbiased_with_lower_variance(prior, guide_name):
@@ -150,7 +150,7 @@ def test_elbo_is_unbiased_with_lower_variance(prior, guide_name):
     a Normal prior, and a non-centred horseshoe (LRT through w = z * scale, MC KL for scales)."""
     pyro.set_rng_seed(0)
     bnn, x, y = small_problem(prior)
-    if guide_name == "sparsevd":
+    if guide_name == "sparse_vd":
         guide = sparse_vd(bnn, init_log_sigma2=-3.0)
     else:
         guide = psb.guides.mean_field(bnn, init_scale=0.2)

@@ -9,6 +9,7 @@ from torch import nn
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.baselines import l1_penalty, magnitude_prune
+from pyro_sparse_bnn.guides import weight_moments
 from pyro_sparse_bnn.prune import (
     SelectFeatures,
     apply_masks,
@@ -17,7 +18,6 @@ from pyro_sparse_bnn.prune import (
     prune,
     prune_result,
 )
-from pyro_sparse_bnn.sparse_guides import weight_moments
 from pyro_sparse_bnn.sparsity import log_alpha_masks, magnitude_masks, shrinkage_masks
 
 
@@ -144,18 +144,18 @@ def test_l1_baseline_prunes_small_weights():
     assert masks["weight"].tolist() == [[True, False, True]]
 
 
-@pytest.mark.parametrize("guide", ["sparsevd", "mean_field"])
+@pytest.mark.parametrize("guide", ["sparse_vd", "mean_field"])
 def test_prune_a_fit_result(guide):
     """prune_result: posterior-mean weights outside the SNR masks zeroed, made smaller; equal to
     the masked mean network on the test split, with fewer parameters. The SparseVD guide gives
     exact moments, other guides Monte Carlo ones from the stored draws."""
     X, y = psb.datasets.load("iris")
     X_test, _ = psb.datasets.load("iris", split="test")
-    prior = psb.priors.LogUniform() if guide == "sparsevd" else psb.priors.Normal()
+    prior = psb.priors.LogUniform() if guide == "sparse_vd" else psb.priors.Normal()
     bnn = psb.SparseBNN(psb.mlp([4, 16, 3]), prior, psb.likelihoods.Categorical())
     result = psb.fit(bnn, X, y, guide=guide, epochs=150, lr=0.05, progress=False)
     small = prune_result(result, result.masks(1.0))
-    if guide == "sparsevd":
+    if guide == "sparse_vd":
         moments = weight_moments(result.model, result.guide)
         means = {k: m for k, (m, _) in moments.items()}
         masks = {k: m.abs() > v.sqrt() for k, (m, v) in moments.items()}

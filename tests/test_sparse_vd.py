@@ -11,9 +11,9 @@ from pyro.infer import TraceMeanField_ELBO
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.distributions import ard_kl, sparse_vd_kl
+from pyro_sparse_bnn.guides import SparseVDGuide, sparse_vd, weight_moments
 from pyro_sparse_bnn.lrt import LocalReparameterizationELBO
 from pyro_sparse_bnn.priors import GroupLogUniform, ProfiledARD
-from pyro_sparse_bnn.sparse_guides import SparseVDGuide, sparse_vd, weight_moments
 from pyro_sparse_bnn.sparsity import log_alpha_masks
 
 
@@ -23,7 +23,7 @@ def digits_bnn(prior, sizes=(64, 32, 10)):
 
 def test_guide_starts_at_the_network_and_log_sigma2():
     bnn = digits_bnn(psb.priors.LogUniform())
-    guide = psb.guides.make_guide("sparsevd", bnn)
+    guide = psb.guides.make_guide("sparse_vd", bnn)
     assert isinstance(guide, SparseVDGuide)
     x, y = torch.randn(3, 64), torch.tensor([0, 1, 2])
     guide(x, y)
@@ -56,7 +56,7 @@ def test_mean_field_elbo_uses_the_registered_kl(prior, kl):
 def test_fit_with_the_registered_guide():
     X, y = psb.datasets.load("iris")
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.LogUniform(), psb.likelihoods.Categorical())
-    result = psb.fit(bnn, X, y, guide="sparsevd", epochs=60, lr=0.05, progress=False)
+    result = psb.fit(bnn, X, y, guide="sparse_vd", epochs=60, lr=0.05, progress=False)
     assert isinstance(result.guide, SparseVDGuide)
     assert result.evaluate(X, y)["accuracy"] > 0.9
 
@@ -68,7 +68,7 @@ def test_random_labels_give_an_empty_model():
     y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
     bnn = digits_bnn(psb.priors.LogUniform(), (64, 100, 10))
     # the paper's recipe, without KL warm-up
-    result = psb.fit(bnn, X, y, guide="sparsevd", epochs=100, lr=0.05, kl_warmup=0,
+    result = psb.fit(bnn, X, y, guide="sparse_vd", epochs=100, lr=0.05, kl_warmup=0,
                      progress=False, num_posterior_samples=20)  # fmt: skip
     guide = result.guide
     masks = log_alpha_masks({s: (guide.loc(s), guide.scale(s)) for s in bnn.weight_sites})
@@ -122,7 +122,7 @@ def test_result_relevance_is_exact_under_the_sparsevd_guide():
     (whose sampling noise floors a zero-mean weight's relevance at about 1 / sqrt(draws))."""
     X, y = psb.datasets.load("iris")
     bnn = digits_bnn(psb.priors.LogUniform(), (4, 8, 3))
-    fit = psb.fit(bnn, X, y, guide="sparsevd", epochs=60, lr=0.05, num_posterior_samples=5,
+    fit = psb.fit(bnn, X, y, guide="sparse_vd", epochs=60, lr=0.05, num_posterior_samples=5,
                   progress=False)  # fmt: skip
     for site, (mean, var) in weight_moments(fit.model, fit.guide).items():
         exact = mean.abs() / var.sqrt()
@@ -139,7 +139,7 @@ def test_biases_under_a_bias_prior_get_exact_relevance_and_masks():
     torch.manual_seed(0)
     prior = psb.priors.LogUniform()
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), prior, psb.likelihoods.Categorical(), bias_prior=prior)
-    fit = psb.fit(bnn, X, y, guide="sparsevd", epochs=30, lr=0.05, num_posterior_samples=5,
+    fit = psb.fit(bnn, X, y, guide="sparse_vd", epochs=30, lr=0.05, num_posterior_samples=5,
                   progress=False)  # fmt: skip
     assert sorted(fit.masks()) == sorted(fit.weight_sites) == ["0.bias", "0.weight", "2.bias",
                                                               "2.weight"]  # fmt: skip

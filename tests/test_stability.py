@@ -89,7 +89,7 @@ def _svi(prior: str, data: str = "normal", **kw: Any) -> Config:
     return Config(prior=prior, data=data, **kw)
 
 
-SPARSEVD = {"guide": "sparsevd"}
+SPARSEVD = {"guide": "sparse_vd"}
 DEGENERATE = (
     "constant_features",
     "zero_features",

@@ -74,7 +74,7 @@ def _step(bnn, guide, x, y, traced: bool | str) -> TracedELBO:
 def test_lrt_graph_gives_the_eager_loss_and_gradients(iris) -> None:
     x, y = iris[0][:32], iris[1][:32]
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.LogUniform(), psb.likelihoods.Categorical())
-    guide = psb.sparse_guides.sparse_vd(bnn)
+    guide = psb.guides.sparse_vd(bnn)
     guide(x, y)
     results = []
     for traced in (False, True):
@@ -93,7 +93,7 @@ def _sparse_vd_lrt(iris, traced: bool | str) -> tuple[TracedELBO, list[torch.Ten
     x, y = iris[0][:32], iris[1][:32]
     torch.manual_seed(0)
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.LogUniform(), psb.likelihoods.Categorical())
-    guide = psb.sparse_guides.sparse_vd(bnn)
+    guide = psb.guides.sparse_vd(bnn)
     guide(x, y)
     step = _step(bnn, guide, x, y, traced)
     step(x, y, observed=4.0, latent=1.0)
@@ -127,7 +127,7 @@ def test_compiled_conv_net_draws_the_eager_noise(recwarn) -> None:
         torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(36, 3),
     )  # fmt: skip
     bnn = psb.SparseBNN(net, psb.priors.LogUniform(), psb.likelihoods.Categorical())
-    guide = psb.sparse_guides.sparse_vd(bnn)
+    guide = psb.guides.sparse_vd(bnn)
     guide(x, y)
     results = []
     for traced in (False, "compiled"):
@@ -257,7 +257,7 @@ def test_conv_net_with_max_pool_traces(recwarn) -> None:
         torch.nn.Linear(18, 3),
     )  # fmt: skip
     bnn = psb.SparseBNN(net, psb.priors.LogUniform(), psb.likelihoods.Categorical())
-    guide = psb.sparse_guides.sparse_vd(bnn)
+    guide = psb.guides.sparse_vd(bnn)
     guide(x, y)
     step = _step(bnn, guide, x, y, traced=True)
     step(x, y, observed=1.0, latent=1.0)

@@ -54,7 +54,7 @@ class ProfiledARD(Prior):
     ``tau* = 1 / (theta^2 + sigma^2)`` is the precision that best fits the Normal posterior, so
     ``KL(q || p) = 0.5 * log1p(theta^2 / sigma^2)`` in closed form
     (:class:`~pyro_sparse_bnn.distributions.ARDNormal`). Improper: fit it with a Normal guide and an
-    ELBO that uses analytic KLs (``fit(..., guide="sparsevd", elbo="mean_field")``).
+    ELBO that uses analytic KLs (``fit(..., guide="sparse_vd", elbo="mean_field")``).
 
     >>> import pyro, torch
     >>> w = torch.ones(2)

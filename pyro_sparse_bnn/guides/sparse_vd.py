@@ -37,9 +37,9 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to, constraints
 
-from . import distributions
-from .isolation import LocalParams
-from .sites import unwrap
+from .. import distributions
+from ..isolation import LocalParams
+from ..sites import unwrap
 
 __all__ = ["SparseVDGuide", "sparse_vd", "weight_moments"]
 
@@ -189,7 +189,7 @@ def _deep_setattr(module: PyroModule, name: str, value: PyroParam) -> None:
 
 
 def sparse_vd(model: Any, *, init_log_sigma2: float = DEFAULT_LOG_SIGMA2) -> SparseVDGuide:
-    """The SparseVD guide for ``model`` (the ``"sparsevd"`` entry of ``guides.GUIDES``).
+    """The SparseVD guide for ``model`` (the ``"sparse_vd"`` entry of ``guides.GUIDES``).
 
     Use it with ``priors.LogUniform()`` (SparseVD) or ``priors.ProfiledARD()`` (ARD) and an
     ELBO that uses analytic KLs: ``elbo="mean_field"`` in ``fit`` or the local reparameterisation

@@ -1,4 +1,5 @@
-"""Posterior families (guides) for sparse BNNs, built from Pyro's autoguides.
+"""The mean-field and MAP guides (Pyro autoguides that own their parameters), the registry of
+guide names and guide draws.
 
 >>> import torch
 >>> from pyro_sparse_bnn import SparseBNN, mlp, priors, likelihoods
@@ -18,10 +19,10 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
-from .handlers import is_latent_or_deterministic
-from .isolation import LocalParams
-from .sparse_guides import sparse_vd
-from .validation import check_positive
+from ..handlers import is_latent_or_deterministic
+from ..isolation import LocalParams
+from ..validation import check_positive
+from .sparse_vd import sparse_vd
 
 __all__ = ["GUIDES", "draw", "make_guide", "map_estimate", "mean_field"]
 
@@ -55,7 +56,7 @@ def map_estimate(model: Callable) -> AutoDelta:
 GUIDES: dict[str, Callable[..., AutoGuide]] = {
     "mean_field": mean_field,
     "map": map_estimate,
-    "sparsevd": sparse_vd,
+    "sparse_vd": sparse_vd,
 }
 
 
