@@ -158,3 +158,34 @@ def test_alrao_resumes_exactly(tmp_path):
         straight.network.state_dict().items(), resumed.network.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), key
+
+
+def test_nuts_resumes_from_its_checkpoint_to_the_same_draws(tmp_path, monkeypatch):
+    """NUTS saves its state (positions, adaptation, draws so far, generators) every 10
+    iterations; stopped at iteration 25 of 30 warm-up + 20 draws and resumed from iteration 20,
+    it ends with exactly the draws of an uninterrupted run."""
+    from pyro_sparse_bnn.infer.mcmc import Sampler
+
+    options = {"method": "nuts", "num_chains": 2, "warmup": 30, "num_samples": 20}
+    options |= {"progress": False, "checkpoint_every": 10, "max_tree_depth": 4}
+    straight = psb.fit(bnn(), X, Y, **options)
+    transition, calls = Sampler.transition, {"n": 0}
+
+    def stop_at_25(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return transition(self, *args)
+
+    ckpt = tmp_path / "nuts.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(Sampler, "transition", stop_at_25)
+        with pytest.raises(KeyboardInterrupt):
+            psb.fit(bnn(), X, Y, checkpoint=ckpt, **options)
+    assert torch.load(ckpt, weights_only=True)["state"]["t"] == 20
+    resumed = psb.fit(bnn(), X, Y, resume=ckpt, **options)
+    for site, value in straight.samples.items():
+        assert torch.equal(value, resumed.samples[site]), site
+    assert torch.equal(straight.info["step_size"], resumed.info["step_size"])
+    with pytest.raises(ValueError, match="another run"):
+        psb.fit(bnn(), X, Y, resume=ckpt, **(options | {"num_samples": 21}))

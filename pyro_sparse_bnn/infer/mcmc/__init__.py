@@ -7,7 +7,8 @@
 
 from .adaptation import adaptation_windows
 from .fit import BACKENDS, INITS, fit_mcmc
-from .sampler import KERNELS, Draws, Sampler, sample
+from .run import sample
+from .sampler import KERNELS, Draws, Sampler
 
 __all__ = [
     "BACKENDS",

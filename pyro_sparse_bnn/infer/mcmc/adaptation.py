@@ -4,6 +4,7 @@ estimates of the inverse mass matrix."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,6 +72,13 @@ class DualAveraging:
         """The averaged step size used after warm-up."""
         return self.x_avg.exp()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("center", "t", "g_avg", "x_avg", "x")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
 
 class Welford:
     """Running mean and (co)variance of each chain's draws ``(C, D)``."""
@@ -88,6 +96,12 @@ class Welford:
         self.mean = self.mean + delta / self.n
         after = z - self.mean
         self.m2 = self.m2 + (delta[:, :, None] * after[:, None, :] if self.dense else delta * after)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n, self.mean, self.m2 = state["n"], state["mean"], state["m2"]
 
     def covariance(self) -> Tensor:
         """Stan's regularised estimate ``n/(n+5) cov + 1e-3 * 5/(n+5) I``."""

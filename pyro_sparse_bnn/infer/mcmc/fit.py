@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -45,12 +47,14 @@ from pyro.infer.autoguide.initialization import (
 )
 from torch import Tensor, nn
 
+from ...io import atomic_path, check_writable
 from ...isolation import check_seed, isolated
 from ...validation import check_choice, check_positive, check_positive_int, check_xy
 from ..potential import FlatPotential, check_latent_sites, latent_nodes
 from ..result import FitResult
 from ..svi import fit_svi
-from .sampler import KERNELS, sample
+from .run import sample
+from .sampler import KERNELS
 
 BACKENDS = ("fast", "pyro")
 
@@ -284,6 +288,29 @@ def _check_options(
         raise ValueError("give trajectory_length or num_steps, not both")
 
 
+_RUN_FORMAT = "pyro_sparse_bnn.mcmc_run"
+
+
+def _write_run(path: str | os.PathLike, signature: dict, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"format": _RUN_FORMAT, "signature": signature, "state": state}, tmp)
+
+
+def _read_run(path: str | os.PathLike) -> dict:
+    """A run checkpoint (tensors and plain values only: loading it runs no code)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"resume: checkpoint {str(path)!r} does not exist")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"resume: {str(path)!r} is corrupted or not a checkpoint ({err})"
+        ) from None
+    if not isinstance(saved, dict) or saved.get("format") != _RUN_FORMAT:
+        raise ValueError(f"resume: {str(path)!r} is not an MCMC checkpoint")
+    return saved
+
+
 @isolated
 def fit_mcmc(
     model: Callable,
@@ -306,6 +333,9 @@ def fit_mcmc(
     compile: bool = False,
     seed: int = 0,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    resume: str | os.PathLike | None = None,
 ) -> FitResult:
     """Sample the posterior of ``model`` given ``(X, y)`` with NUTS or HMC.
 
@@ -327,6 +357,11 @@ def fit_mcmc(
         backend: ``"fast"`` (batched, traced potential) or ``"pyro"`` (Pyro's kernels).
         compile: ``torch.compile`` the leapfrog step (fast backend) or ``jit_compile`` (Pyro).
         progress: one progress bar per chain.
+        checkpoint, checkpoint_every: write the run's state (positions, adaptation, the draws so
+            far, generator states) to this file, atomically, every ``checkpoint_every``
+            iterations (fast backend).
+        resume: a checkpoint of the same call to continue from: the run ends with exactly the
+            draws of an uninterrupted one.
 
     Returns a :class:`FitResult` with draws ``(chain, draw, ...)`` of every latent and
     deterministic site, and ``sample_stats`` ``(chain, draw)``: ``diverging``, ``step_size`` and,
@@ -346,6 +381,12 @@ def fit_mcmc(
         step_size=step_size, trajectory_length=trajectory_length, num_steps=num_steps,
         dense_mass=dense_mass, compile=compile, seed=seed, init_options=init_options,
     )  # fmt: skip
+    check_positive_int(checkpoint_every, "checkpoint_every")
+    if (checkpoint is not None or resume is not None) and backend != "fast":
+        raise ValueError("checkpoint and resume need backend='fast'")
+    if checkpoint is not None:
+        check_writable(checkpoint, "checkpoint")
+    saved = None if resume is None else _read_run(resume)
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model).to(device=x.device, dtype=x.dtype)
     cuda = [x.device] if x.device.type == "cuda" else []
@@ -393,13 +434,24 @@ def fit_mcmc(
         theta = torch.stack(
             [flat.flatten({k: n["value"] for k, n in latent_nodes(t).items()}) for t in traces]
         )
+        signature = {
+            "kernel": kernel, "num_chains": num_chains, "dim": flat.dim, "warmup": warmup,
+            "num_samples": num_samples, "seeds": list(seeds), "dense_mass": dense_mass,
+        }  # fmt: skip
+        if saved is not None and saved["signature"] != signature:
+            raise ValueError(
+                f"resume: the checkpoint is of another run ({saved['signature']}); this call is "
+                f"{signature}"
+            )
+        save = None if checkpoint is None else partial(_write_run, checkpoint, signature)
         with torch.no_grad():
             draws = sample(
                 flat.potential_and_grad, theta, num_warmup=warmup, num_samples=num_samples,
                 seeds=seeds, kernel=kernel, step_size=step_size, dense_mass=dense_mass,
                 target_accept=target_accept, max_tree_depth=max_tree_depth,
                 trajectory_length=trajectory, num_steps=num_steps, compile=compile,
-                progress=progress,
+                progress=progress, checkpoint_every=checkpoint_every,
+                checkpoint=save, resume=None if saved is None else saved["state"],
             )  # fmt: skip
         latent, stats = flat.constrain(draws.theta), draws.stats
         info |= {

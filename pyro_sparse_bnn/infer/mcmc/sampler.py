@@ -26,6 +26,7 @@ the tree, so a chain's path does not depend on which other chains share the batc
 >>> import torch
 >>> def gaussian(theta):  # U(theta) = |theta|^2 / 2 for each chain
 ...     return 0.5 * (theta**2).sum(-1), theta
+>>> from pyro_sparse_bnn.infer.mcmc import sample
 >>> out = sample(gaussian, torch.zeros(2, 3), num_warmup=200, num_samples=300, seeds=[0, 1])
 >>> tuple(out.theta.shape), bool(out.theta.std() > 0.8)
 ((2, 300, 3), True)
@@ -34,7 +35,6 @@ the tree, so a chain's path does not depend on which other chains share the batc
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .adaptation import DualAveraging, Welford, adaptation_windows
 from .tree import (
     _DIRECTION_THRESHOLD,
     MAX_ENERGY_ERROR,
@@ -378,134 +376,3 @@ class Sampler:
             same = direction(step, active) == first
             active = active & same & (step > _MIN_STEP) & (step < _MAX_STEP)
         return step.clamp(_MIN_STEP, _MAX_STEP)
-
-
-def sample(
-    potential_and_grad: PotentialGrad,
-    init: Tensor,
-    *,
-    num_warmup: int,
-    num_samples: int,
-    seeds: Sequence[int],
-    kernel: str = "nuts",
-    step_size: float = 1.0,
-    adapt_step_size: bool = True,
-    adapt_mass_matrix: bool = True,
-    dense_mass: bool = False,
-    target_accept: float = 0.8,
-    max_tree_depth: int = 10,
-    trajectory_length: float = 2 * math.pi,
-    num_steps: int | None = None,
-    compile: bool = False,
-    progress: bool = False,
-) -> Draws:
-    """Run ``C = init.shape[0]`` chains of NUTS (or HMC) from ``init`` of shape ``(C, D)``.
-
-    Returns :class:`Draws` with ``theta`` ``(C, num_samples, D)`` and per-draw ``stats``
-    (``diverging``, ``tree_depth``, ``n_steps``, ``acceptance_rate``, ``energy``, ``lp``,
-    ``step_size``) shaped ``(C, num_samples)``. ``KeyboardInterrupt`` ends the run early and keeps
-    the draws made so far (``interrupted=True``); during warm-up it propagates.
-    """
-    num_chains, dim = init.shape
-    sampler = Sampler(
-        potential_and_grad,
-        num_chains=num_chains,
-        dim=dim,
-        seeds=seeds,
-        like=init,
-        kernel=kernel,
-        max_tree_depth=max_tree_depth,
-        trajectory_length=trajectory_length,
-        num_steps=num_steps,
-        compile=compile,
-    )
-    z = init.clone()
-    pe, grad = potential_and_grad(z)
-    if not bool(torch.isfinite(pe).all()):
-        bad = torch.nonzero(~torch.isfinite(pe)).flatten().tolist()
-        raise ValueError(f"the log density is not finite at the initial values of chains {bad}")
-    inverse_mass = (
-        torch.eye(dim, dtype=init.dtype, device=init.device).expand(num_chains, dim, dim).clone()
-        if dense_mass
-        else torch.ones_like(init)
-    )
-    step = torch.full_like(pe, float(step_size))
-    if adapt_step_size:
-        step = sampler.reasonable_step_size(z, grad, pe, step, inverse_mass)
-    averaging = DualAveraging(step)
-    welford = Welford(num_chains, dim, dense_mass, init)
-    windows = adaptation_windows(num_warmup)
-    window = 0
-    warmup_divergences = torch.zeros_like(pe, dtype=torch.long)
-    warmup_steps = torch.zeros_like(warmup_divergences)
-    records: dict[str, list[Tensor]] = {}
-    bars = [
-        tqdm(total=num_warmup + num_samples, desc=f"chain {c}", position=c, disable=not progress)
-        for c in range(num_chains)
-    ]
-    interrupted = False
-    try:
-        for t in range(num_warmup + num_samples):
-            warm = t < num_warmup
-            used_step = step
-            z, grad, pe, stats = sampler.transition(z, grad, pe, step, inverse_mass)
-            if warm:
-                warmup_divergences += stats["diverging"].long()
-                warmup_steps += stats["n_steps"]
-                if adapt_step_size:
-                    step = averaging.step(stats["acceptance_rate"], target_accept).to(init.dtype)
-                end = windows[window][1]
-                last = window == len(windows) - 1
-                mass_phase = adapt_mass_matrix and 0 < window < len(windows) - 1
-                if mass_phase:
-                    welford.update(z)
-                if t == end:
-                    if last:
-                        if adapt_step_size:
-                            step = averaging.final().to(init.dtype)
-                    elif mass_phase and welford.n > 1:
-                        inverse_mass = welford.covariance()
-                        welford = Welford(num_chains, dim, dense_mass, init)
-                        if adapt_step_size:
-                            step = sampler.reasonable_step_size(z, grad, pe, step, inverse_mass)
-                            averaging.reset(step)
-                    window += 1
-            else:
-                stats |= {"lp": -pe, "step_size": used_step}
-                for k, v in stats.items():
-                    records.setdefault(k, []).append(v.detach().clone())
-                records.setdefault("theta", []).append(z.clone())
-            for c, bar in enumerate(bars if progress else ()):
-                bar.set_postfix(
-                    phase="warmup" if warm else "sample",
-                    step=f"{float(used_step[c]):.3g}",
-                    steps=int(stats["n_steps"][c]),
-                    refresh=False,
-                )
-                bar.update()
-    except KeyboardInterrupt:
-        if "theta" not in records:
-            raise
-        interrupted = True
-        warnings.warn(
-            f"interrupted: keeping the {len(records['theta'])} draws per chain made so far",
-            stacklevel=2,
-        )
-    finally:
-        for bar in bars:
-            bar.close()
-    if "theta" not in records:
-        theta = init.new_zeros(num_chains, 0, dim)
-        stats_out: dict[str, Tensor] = {}
-    else:
-        theta = torch.stack(records.pop("theta"), dim=1)
-        stats_out = {k: torch.stack(v, dim=1) for k, v in records.items()}
-    return Draws(
-        theta=theta,
-        stats=stats_out,
-        step_size=step,
-        inverse_mass=inverse_mass,
-        warmup_divergences=warmup_divergences,
-        interrupted=interrupted,
-        info={"compiled": sampler.compiled, "warmup_steps": warmup_steps},
-    )
