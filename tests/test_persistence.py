@@ -102,7 +102,11 @@ def test_resume_after_interruption_equals_uninterrupted_run(name, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
         psb.fit(bnn(), X, Y, checkpoint=ckpt, checkpoint_every=5, callback=interrupt, **options)
-    resumed = psb.fit(bnn(), X, Y, resume=ckpt, **options)
+    epochs_run = []
+    resumed = psb.fit(
+        bnn(), X, Y, resume=ckpt, callback=lambda e, loss: epochs_run.append(e), **options
+    )
+    assert epochs_run == list(range(5, 12))  # only the epochs after the checkpoint ran
     assert resumed.info["history"] == straight.info["history"]
     assert len(straight.info["history"]) == 12
     assert straight.samples.keys() == resumed.samples.keys()
@@ -152,7 +156,11 @@ def test_alrao_resumes_exactly(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         psb.alrao.fit_alrao(net, X, Y, checkpoint=ckpt, checkpoint_every=3, callback=interrupt,
                             **options)  # fmt: skip
-    resumed = psb.alrao.fit_alrao(net, X, Y, resume=ckpt, **options)
+    epochs_run = []
+    resumed = psb.alrao.fit_alrao(
+        net, X, Y, resume=ckpt, callback=lambda e, loss: epochs_run.append(e), **options
+    )
+    assert epochs_run == [3, 4, 5]
     assert resumed.history == straight.history and not resumed.diverged
     for (key, a), (_, b) in zip(
         straight.network.state_dict().items(), resumed.network.state_dict().items(), strict=True
@@ -177,15 +185,62 @@ def test_nuts_resumes_from_its_checkpoint_to_the_same_draws(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return transition(self, *args)
 
+    def count(self, *args):
+        calls["n"] += 1
+        return transition(self, *args)
+
     ckpt = tmp_path / "nuts.pt"
     with monkeypatch.context() as patch:
         patch.setattr(Sampler, "transition", stop_at_25)
         with pytest.raises(KeyboardInterrupt):
             psb.fit(bnn(), X, Y, checkpoint=ckpt, **options)
     assert torch.load(ckpt, weights_only=True)["state"]["t"] == 20
-    resumed = psb.fit(bnn(), X, Y, resume=ckpt, **options)
+    calls["n"] = 0
+    with monkeypatch.context() as patch:
+        patch.setattr(Sampler, "transition", count)
+        resumed = psb.fit(bnn(), X, Y, resume=ckpt, **options)
+    assert calls["n"] == 30  # only the iterations after the checkpoint ran
     for site, value in straight.samples.items():
         assert torch.equal(value, resumed.samples[site]), site
     assert torch.equal(straight.info["step_size"], resumed.info["step_size"])
     with pytest.raises(ValueError, match="another run"):
         psb.fit(bnn(), X, Y, resume=ckpt, **(options | {"num_samples": 21}))
+
+
+SGMCMC_RUNS = {
+    "sgld_point_biases": ("sgld", {}),
+    "sghmc_sa_magnitude": ("sghmc_sa", {"pruning": "magnitude"}),
+    "sgld_sa_inclusion": ("sgld_sa", {"pruning": "inclusion"}),
+}
+
+
+@pytest.mark.parametrize("name", list(SGMCMC_RUNS))
+def test_sgmcmc_resumes_from_its_checkpoint_to_the_same_draws(name, tmp_path):
+    """SG-MCMC saves chains, SSGL state, fitted biases and their Adam state, masks, the generator
+    and the draws so far; stopped after iteration 65 and resumed from iteration 60, it ends with
+    exactly the draws of an uninterrupted run."""
+    from pyro_sparse_bnn.infer.sgmcmc import InclusionPruning, MagnitudePruning
+
+    method, extra = SGMCMC_RUNS[name]
+    pruning = {"magnitude": MagnitudePruning(0.5, every=5), "inclusion": InclusionPruning()}
+    options = {"method": method, "num_chains": 2, "warmup": 40, "num_samples": 20, "thin": 2}
+    options |= {"batch_size": 32, "step_size": 1e-4, "progress": False, "checkpoint_every": 20}
+    options |= {k: pruning[v] for k, v in extra.items()}
+    straight = psb.fit(bnn(), X, Y, **options)
+
+    def stop_after_65(k, lp):
+        if k == 65:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "sg.pt"
+    with pytest.raises(KeyboardInterrupt):
+        psb.fit(bnn(), X, Y, checkpoint=ckpt, callback=stop_after_65, **options)
+    iterations = []
+    resumed = psb.fit(
+        bnn(), X, Y, resume=ckpt, callback=lambda k, lp: iterations.append(k), **options
+    )
+    assert iterations == list(range(61, 81))  # only the iterations after the checkpoint ran
+    for site, value in straight.samples.items():
+        assert torch.equal(value, resumed.samples[site]), site
+    for key, value in straight.sample_stats.items():
+        assert torch.equal(value, resumed.sample_stats[key]), key

@@ -129,7 +129,11 @@ def test_resume_continues_exactly(tmp_path):
         callback=lambda e, _: e == 1,
         **options,
     )
-    resumed = fit_svi_loader(bnn, loader(), resume=path, **options)
+    epochs_run = []
+    resumed = fit_svi_loader(
+        bnn, loader(), resume=path, callback=lambda e, _: epochs_run.append(e), **options
+    )
+    assert epochs_run == [2, 3]  # only the epochs after the checkpoint ran
     for name, value in guide_params(whole).items():
         torch.testing.assert_close(guide_params(resumed)[name], value, rtol=0, atol=0)
     assert resumed.info["history"] == whole.info["history"]

@@ -41,7 +41,10 @@ __all__ = [
     "TensorState",
     "check_step",
     "kl_weight",
+    "load_run",
     "lr_scheduler",
+    "run_state",
+    "save_run",
 ]
 
 Callback = Callable[[int, float], bool | None]
@@ -284,3 +287,36 @@ def _restore(
     _set_global_rng_state(state["rng"])
     history.extend(state["history"])
     return state["epoch"] + 1
+
+
+def save_run(path: str | os.PathLike, kind: str, signature: dict, state: dict) -> None:
+    """Write a sampler's ``state`` atomically, tagged with its ``kind`` and the ``signature`` of
+    the call (what must match to resume)."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": kind, "signature": signature, "state": state}, tmp)
+
+
+def load_run(path: str | os.PathLike, kind: str) -> dict:
+    """What :func:`save_run` wrote (tensors and plain values only: loading runs no code); a
+    ValueError for a missing or foreign file. Check it with :func:`run_state` before use."""
+    if not os.path.isfile(path):
+        raise ValueError(f"resume: checkpoint {str(path)!r} does not exist")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"resume: {str(path)!r} is corrupted or not a checkpoint ({err})"
+        ) from None
+    if not isinstance(saved, dict) or saved.get("format") != kind:
+        raise ValueError(f"resume: {str(path)!r} is not a {kind} checkpoint")
+    return saved
+
+
+def run_state(saved: dict, signature: dict) -> dict:
+    """The saved state, if the run that saved it had this call's ``signature``."""
+    if saved["signature"] != signature:
+        raise ValueError(
+            f"resume: the checkpoint is of another run ({saved['signature']}); this call is "
+            f"{signature}"
+        )
+    return saved["state"]

@@ -47,9 +47,10 @@ from pyro.infer.autoguide.initialization import (
 )
 from torch import Tensor, nn
 
-from ...io import atomic_path, check_writable
+from ...io import check_writable
 from ...isolation import check_seed, isolated
 from ...validation import check_choice, check_positive, check_positive_int, check_xy
+from ..loop import load_run, run_state, save_run
 from ..potential import FlatPotential, check_latent_sites, latent_nodes
 from ..result import FitResult
 from ..svi import fit_svi
@@ -288,29 +289,6 @@ def _check_options(
         raise ValueError("give trajectory_length or num_steps, not both")
 
 
-_RUN_FORMAT = "pyro_sparse_bnn.mcmc_run"
-
-
-def _write_run(path: str | os.PathLike, signature: dict, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format": _RUN_FORMAT, "signature": signature, "state": state}, tmp)
-
-
-def _read_run(path: str | os.PathLike) -> dict:
-    """A run checkpoint (tensors and plain values only: loading it runs no code)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"resume: checkpoint {str(path)!r} does not exist")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"resume: {str(path)!r} is corrupted or not a checkpoint ({err})"
-        ) from None
-    if not isinstance(saved, dict) or saved.get("format") != _RUN_FORMAT:
-        raise ValueError(f"resume: {str(path)!r} is not an MCMC checkpoint")
-    return saved
-
-
 @isolated
 def fit_mcmc(
     model: Callable,
@@ -386,7 +364,8 @@ def fit_mcmc(
         raise ValueError("checkpoint and resume need backend='fast'")
     if checkpoint is not None:
         check_writable(checkpoint, "checkpoint")
-    saved = None if resume is None else _read_run(resume)
+    saved = None if resume is None else load_run(resume, "mcmc")
+
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model).to(device=x.device, dtype=x.dtype)
     cuda = [x.device] if x.device.type == "cuda" else []
@@ -438,12 +417,8 @@ def fit_mcmc(
             "kernel": kernel, "num_chains": num_chains, "dim": flat.dim, "warmup": warmup,
             "num_samples": num_samples, "seeds": list(seeds), "dense_mass": dense_mass,
         }  # fmt: skip
-        if saved is not None and saved["signature"] != signature:
-            raise ValueError(
-                f"resume: the checkpoint is of another run ({saved['signature']}); this call is "
-                f"{signature}"
-            )
-        save = None if checkpoint is None else partial(_write_run, checkpoint, signature)
+        saved = None if resume is None else run_state(saved, signature)
+        save = None if checkpoint is None else partial(save_run, checkpoint, "mcmc", signature)
         with torch.no_grad():
             draws = sample(
                 flat.potential_and_grad, theta, num_warmup=warmup, num_samples=num_samples,
@@ -451,7 +426,7 @@ def fit_mcmc(
                 target_accept=target_accept, max_tree_depth=max_tree_depth,
                 trajectory_length=trajectory, num_steps=num_steps, compile=compile,
                 progress=progress, checkpoint_every=checkpoint_every,
-                checkpoint=save, resume=None if saved is None else saved["state"],
+                checkpoint=save, resume=saved,
             )  # fmt: skip
         latent, stats = flat.constrain(draws.theta), draws.stats
         info |= {

@@ -27,13 +27,16 @@ See docs/sgmcmc.md.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import pyro
 from torch import Tensor, nn
 
+from ...io import check_writable
 from ...isolation import check_seed, isolated
 from ...validation import (
     as_tensor,
@@ -43,6 +46,7 @@ from ...validation import (
     check_positive_int,
     check_xy,
 )
+from ..loop import load_run, run_state, save_run
 from ..result import FitResult
 from .kernels import (
     SGHMC,
@@ -113,6 +117,9 @@ def fit_sgmcmc(
     seed: int = 0,
     progress: bool = True,
     callback: Callable[[int, float], bool | None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    resume: str | os.PathLike | None = None,
 ) -> FitResult:
     """Sample the posterior of ``model`` with stochastic-gradient Langevin dynamics.
 
@@ -144,6 +151,9 @@ def fit_sgmcmc(
         seed: seeds the starting values, the minibatches and the Langevin noise.
         callback: ``callback(iteration, lp)`` after each iteration with the chain-mean log
             density estimate; returning ``True`` stops (at least one draw must be kept).
+        checkpoint, checkpoint_every, resume: write the run's state (chains, SSGL state, point
+            parameters, masks, generator, draws so far) atomically every ``checkpoint_every``
+            iterations; continue from such a file to exactly the draws of an uninterrupted run.
 
     Returns a :class:`~pyro_sparse_bnn.FitResult` with ``(chain, draw, ...)`` draws of every
     latent and deterministic site (SSGL: the sites that keep their starting values are stored as
@@ -197,6 +207,10 @@ def fit_sgmcmc(
     check_seed(seed)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    check_positive_int(checkpoint_every, "checkpoint_every")
+    if checkpoint is not None:
+        check_writable(checkpoint, "checkpoint")
+    saved = None if resume is None else load_run(resume, "sgmcmc")
     init = {k: as_tensor(v, f"init[{k!r}]").to(x.device, x.dtype) for k, v in (init or {}).items()}
 
     if isinstance(model, nn.Module):
@@ -215,9 +229,17 @@ def fit_sgmcmc(
     chains = Chains(num_chains, batch_size, seed, param_lr)
     sampler_run = _Run(model, layout, x, y, integrator, chains, ssgl)
     sampler_run.setup(compile)
+    signature = {
+        "method": method, "num_chains": num_chains, "batch_size": batch_size, "seed": seed,
+        "warmup": warmup, "num_samples": num_samples, "thin": thin,
+        "sites": {k: list(layout.shapes[k]) for k in layout.sampled},
+    }  # fmt: skip
+    save = None if checkpoint is None else partial(save_run, checkpoint, "sgmcmc", signature)
     draws, stats, stopped_at = sampler_run.loop(
-        Plan(warmup, num_samples, thin), pruning, progress, callback, method
-    )
+        Plan(warmup, num_samples, thin), pruning, progress, callback, method,
+        checkpoint=save, checkpoint_every=checkpoint_every,
+        resume=None if saved is None else run_state(saved, signature),
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     info = {
         "seconds": seconds,

@@ -218,11 +218,16 @@ class _Run:
         progress: bool,
         callback: Callable[[int, float], bool | None] | None,
         method: str,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        checkpoint_every: int = 100,
+        resume: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
         """Run the chains; return the kept draws, sample stats and the iterations run.
 
         A kept state's log density and deterministic sites come from the next evaluation, which
-        happens at exactly that state (one extra evaluation after the last iteration).
+        happens at exactly that state (one extra evaluation after the last iteration). Every
+        ``checkpoint_every`` iterations ``checkpoint`` gets :meth:`state_dict`; ``resume`` takes
+        one and continues to exactly the draws of an uninterrupted run.
         """
         layout, n = self.layout, self.x.shape[0]
         warmup, num_samples, thin = plan
@@ -231,20 +236,26 @@ class _Run:
             period = pruning.period_for(warmup)
             schedule = SparseRateSchedule(pruning.sparsity, pruning.damping, period)
         self._state = self.integrator.init(self.start)
-        kept: dict[str, list[Tensor]] = {}
-        stats: dict[str, list[Tensor]] = {}
-        pending: dict[str, Tensor] | None = None
+        self._kept: dict[str, list[Tensor]] = {}
+        self._stats: dict[str, list[Tensor]] = {}
+        self._pending: dict[str, Tensor] | None = None
+        first = 1
+        if resume is not None:
+            first = self.load_state_dict(resume) + 1
+            if self.params and first > warmup + 1:
+                self._freeze_parameters()
+        kept, stats = self._kept, self._stats
         late_every = max(1, warmup // (4 * LATE_STATES))  # states from the last quarter
         total_iterations = warmup + num_samples * thin
         bar = tqdm(total=total_iterations, disable=not progress, desc=method, leave=False)
-        k = 0
-        for k in range(1, total_iterations + 1):
+        k = first - 1
+        for k in range(first, total_iterations + 1):
             if self.params and k == warmup + 1:
                 self._freeze_parameters()
             evaluation = self._evaluate(learn=bool(self.params) and k <= warmup)
-            if pending is not None:
-                self._store(kept, stats, pending, evaluation)
-                pending = None
+            if self._pending is not None:
+                self._store(kept, stats, self._pending, evaluation)
+                self._pending = None
             grads = evaluation.grads
             if self.ssgl is not None:
                 prior_grads = self._split(self.ssgl.grad_log_prior(self._flat(self._state.params)))
@@ -272,15 +283,17 @@ class _Run:
             if isinstance(pruning, InclusionPruning) and layout.noise is None and late:
                 self._record_late_state()
             if k > warmup and (k - warmup) % thin == 0:
-                pending = self._snapshot(k)
+                self._pending = self._snapshot(k)
+            if checkpoint is not None and k % checkpoint_every == 0:
+                checkpoint(self.state_dict(k))
             if callback is not None and callback(k, float(evaluation.lp.mean())):
                 break
             if k % 100 == 0:
                 bar.update(k - bar.n)
         bar.update(k - bar.n)
         bar.close()
-        if pending is not None:
-            self._store(kept, stats, pending, self._evaluate(learn=False))
+        if self._pending is not None:
+            self._store(kept, stats, self._pending, self._evaluate(learn=False))
         if not kept:
             raise RuntimeError("the callback stopped sampling before the first kept draw")
         draws = {name: torch.stack(v, dim=1) for name, v in kept.items()}
@@ -288,6 +301,54 @@ class _Run:
         for name in layout.fixed:
             draws[name] = layout.init[name].expand(self.num_chains, num_kept, *layout.shapes[name])
         return draws, {name: torch.stack(v, dim=1) for name, v in stats.items()}, k
+
+    def state_dict(self, k: int) -> dict[str, Any]:
+        """The run after iteration ``k``: chains, SSGL state, point parameters and their
+        optimiser, masks, the generator and the draws so far (tensors and plain values)."""
+        state = self._state
+        ssgl = None if self.ssgl is None else {
+            name: value for name, value in vars(self.ssgl).items() if isinstance(value, Tensor)
+        }  # fmt: skip
+        return {
+            "k": k,
+            "chains": [state.params, state.momentum, state.sq_grad_avg, state.iteration],
+            "ssgl": ssgl,
+            "noise": self.noise,
+            "point": [p.detach().clone() for p in self.params],
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "masks": self.masks,
+            "late_states": {k: torch.stack(v) for k, v in self.late_states.items()},
+            "generator": self.generator.get_state(),
+            "kept": {name: torch.stack(v) for name, v in self._kept.items()},
+            "stats": {name: torch.stack(v) for name, v in self._stats.items()},
+            "pending": self._pending,
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> int:
+        """Restore :meth:`state_dict`; return the iteration it was taken after."""
+        params, momentum, sq_grad_avg, iteration = saved["chains"]
+        self._state = replace(
+            self._state,
+            params=params,
+            momentum=momentum,
+            sq_grad_avg=sq_grad_avg,
+            iteration=iteration,
+        )
+        for name, value in (saved["ssgl"] or {}).items():
+            setattr(self.ssgl, name, value)
+        self.noise = saved["noise"]
+        with torch.no_grad():
+            for p, value in zip(self.params, saved["point"], strict=True):
+                p.copy_(value)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        self.masks = saved["masks"]
+        self.late_states = {k: list(v.unbind()) for k, v in saved["late_states"].items()}
+        self.generator.set_state(saved["generator"])
+        self._kept = {name: list(v.unbind()) for name, v in saved["kept"].items()}
+        self._stats = {name: list(v.unbind()) for name, v in saved["stats"].items()}
+        self._pending = saved["pending"]
+        return saved["k"]
 
     def _snapshot(self, k: int) -> dict[str, Tensor]:
         """Values of the sampled (and driven) sites at the current state, plus SSGL stats."""
