@@ -124,7 +124,7 @@ def test_checkpoints_load_without_running_code(tmp_path):
     ckpt = tmp_path / "c.pt"
     psb.fit(bnn(), X, Y, method="vadam", epochs=1, progress=False, checkpoint=ckpt,
             checkpoint_every=1)  # fmt: skip
-    state = torch.load(ckpt, weights_only=True)
+    state = torch.load(ckpt, weights_only=True)["state"]
     assert state["epoch"] == 0 and set(state["generators"]) == {"order", "noise"}
 
 
@@ -139,7 +139,9 @@ def test_bad_checkpoint_arguments(tmp_path):
     psb.fit(bnn(), X, Y, epochs=2, progress=False, checkpoint=ckpt, checkpoint_every=1)
     other = psb.SparseBNN(psb.mlp([4, 9, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
     with pytest.raises(ValueError, match="does not match"):
-        psb.fit(other, X, Y, epochs=4, progress=False, resume=ckpt)
+        psb.fit(other, X, Y, epochs=2, progress=False, resume=ckpt)
+    with pytest.raises(ValueError, match="another run"):  # a 2-epoch fit's state, 4 asked
+        psb.fit(bnn(), X, Y, epochs=4, progress=False, resume=ckpt)
 
 
 def test_alrao_resumes_exactly(tmp_path):

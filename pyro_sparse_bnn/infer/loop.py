@@ -163,7 +163,7 @@ class LoopOptions:
         if self.checkpoint is not None:
             check_writable(self.checkpoint, "checkpoint")
         if self.resume is not None:
-            self._resumed = read_checkpoint(self.resume)
+            self._resumed = load_run(self.resume, "epochs")
 
     def run(
         self,
@@ -182,7 +182,8 @@ class LoopOptions:
         history: list[float] = []
         first = 0
         if self._resumed is not None:
-            first = _restore(self._resumed, parts, generators, history)
+            state = run_state(self._resumed, {"epochs": self.epochs})
+            first = _restore(state, parts, generators, history)
         start = time.perf_counter()
         bar = trange(first, self.epochs, disable=not self.progress, desc=self.desc, leave=False)
         diverged = False
@@ -198,7 +199,8 @@ class LoopOptions:
                 break
             bar.set_postfix({self.loss_name: f"{loss:.4g}"}, refresh=False)
             if self.checkpoint is not None and (e + 1) % self.checkpoint_every == 0:
-                _write_checkpoint(self.checkpoint, parts, generators, history, e)
+                state = _state(parts, generators, history, e)
+                save_run(self.checkpoint, "epochs", {"epochs": self.epochs}, state)
             if self.callback is not None and self.callback(e, loss):
                 break
         seconds = time.perf_counter() - start
@@ -206,22 +208,19 @@ class LoopOptions:
         return run | ({"diverged": diverged} if self.stop_when_nonfinite else {})
 
 
-def _write_checkpoint(
-    path: str | os.PathLike,
+def _state(
     parts: Mapping[str, Any],
     generators: Mapping[str, torch.Generator],
     history: list[float],
     epoch: int,
-) -> None:
-    state = {
+) -> dict[str, Any]:
+    return {
         "parts": {k: v.state_dict() for k, v in parts.items()},
         "generators": {k: g.get_state() for k, g in generators.items()},
         "epoch": epoch,
         "history": list(history),
         "rng": _global_rng_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def _global_rng_state() -> dict[str, Any]:
@@ -247,21 +246,6 @@ def _set_global_rng_state(state: dict[str, Any]) -> None:
     saved = state["numpy"]
     key = saved["key"].numpy().astype(np.uint32)
     np.random.set_state(("MT19937", key, saved["pos"], saved["has_gauss"], saved["gauss"]))
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint's contents; a missing, corrupted or foreign file is a ValueError."""
-    if not os.path.isfile(path):
-        raise ValueError(f"resume: checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # runs no code
-    except Exception as err:
-        raise ValueError(
-            f"resume: {str(path)!r} is corrupted or not a checkpoint ({err})"
-        ) from None
-    if not isinstance(state, dict) or not {"epoch", "parts", "generators"} <= set(state):
-        raise ValueError(f"resume: {str(path)!r} is not a fit checkpoint")
-    return state
 
 
 def _restore(
