@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 
 from .distributions import ARDNormal
-from .sites import unwrap
+from .sites import site_log_prob, unwrap
 
 __all__ = ["MeanFieldELBO", "analytic_kl", "mean_field_elbo"]
 
@@ -71,10 +71,6 @@ def analytic_kl(guide_site: dict, model_site: dict) -> Tensor | None:
     return None
 
 
-def _log_prob_sum(site: dict) -> Tensor:
-    return scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]).sum()
-
-
 def mean_field_elbo(
     model_trace: poutine.Trace, guide_trace: poutine.Trace
 ) -> tuple[Tensor, set[str]]:
@@ -91,12 +87,12 @@ def mean_field_elbo(
         if site["type"] != "sample":
             continue
         if site["is_observed"]:
-            elbo = elbo + _log_prob_sum(site)
+            elbo = elbo + site_log_prob(site)
             continue
         guide_site = guide_trace.nodes[name]
         kl = analytic_kl(guide_site, site)
         if kl is None:
-            elbo = elbo + _log_prob_sum(site) - _log_prob_sum(guide_site)
+            elbo = elbo + site_log_prob(site) - site_log_prob(guide_site)
             continue
         elbo = elbo - kl
         if not isinstance(unwrap(guide_site["infer"].get(Q_KEY, guide_site["fn"])), dist.Delta):
@@ -105,7 +101,7 @@ def mean_field_elbo(
             covered.add(name + AUX_SUFFIX)
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and name not in model_trace.nodes and name not in covered:
-            elbo = elbo - _log_prob_sum(site)
+            elbo = elbo - site_log_prob(site)
     return torch.as_tensor(elbo), analytic
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import pyro.distributions as dist
+from pyro.distributions.util import scale_and_mask
+from torch import Tensor
 
-__all__ = ["WRAPPERS", "is_improper", "unvalidated", "unwrap"]
+__all__ = ["WRAPPERS", "is_improper", "site_log_prob", "unvalidated", "unwrap"]
 
 WRAPPERS = (dist.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)
 
@@ -43,6 +45,23 @@ def unvalidated(fn: Any) -> Any:
             inner._validate_args = False
         inner = getattr(inner, "base_dist", None)
     return fn
+
+
+def site_log_prob(node: dict, *, total: bool = True, validate: bool = True) -> Tensor:
+    """The log density of a traced sample site's value, scaled and masked as the site says;
+    summed unless ``total=False``; without value checks with ``validate=False``
+    (:func:`unvalidated`, for traced graphs).
+
+    >>> import pyro, torch
+    >>> trace = pyro.poutine.trace(lambda: pyro.sample("w", dist.Normal(0.0, 1.0))).get_trace()
+    >>> trace.nodes["w"]["value"] = torch.tensor(0.0)
+    >>> round(float(site_log_prob(trace.nodes["w"])), 4)  # -log(2 pi) / 2
+    -0.9189
+    """
+    fn = node["fn"] if validate else unvalidated(node["fn"])
+    log_p = fn.log_prob(node["value"])
+    log_p = scale_and_mask(log_p, node["scale"], node["mask"])
+    return log_p.sum() if total else log_p
 
 
 def is_improper(fn: Any) -> bool:

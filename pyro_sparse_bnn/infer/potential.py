@@ -29,13 +29,12 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Transform, biject_to
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..sites import is_improper, unvalidated
+from ..sites import is_improper, site_log_prob
 from .graph_simplify import simplify_graph
 
 __all__ = ["FlatPotential", "check_latent_sites", "latent_nodes"]
@@ -165,8 +164,7 @@ class FlatPotential:
             for node in trace.nodes.values():
                 if node["type"] != "sample" or site_is_subsample(node):
                     continue
-                log_prob = unvalidated(node["fn"]).log_prob(node["value"])
-                total = total + scale_and_mask(log_prob, node["scale"], node["mask"]).sum()
+                total = total + site_log_prob(node, validate=False)
         return total
 
     def potential(self, theta: Tensor) -> Tensor:

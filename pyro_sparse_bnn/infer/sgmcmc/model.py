@@ -16,14 +16,13 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median, init_to_value
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import biject_to, constraints
 
 from ...priors import WEIGHT_TAG
-from ...sites import is_improper, unvalidated, unwrap
+from ...sites import is_improper, site_log_prob, unwrap
 from ..graph_simplify import fold_broadcast_bmm, merge_common_subexpressions
 from .options import SSGLPrior
 
@@ -213,16 +212,11 @@ class _Density:
         with pyro.validation_enabled(False):
             nodes = poutine.trace(poutine.condition(self.model, conditioned)).get_trace(x, y).nodes
 
-        def log_prob(name: str) -> Tensor:
-            n = nodes[name]
-            log_p = unvalidated(n["fn"]).log_prob(n["value"])
-            return scale_and_mask(log_p, n["scale"], n["mask"]).sum()
-
         scale = self.num_data / x.shape[0]
-        total = log_prob(layout.observed)
+        total = site_log_prob(nodes[layout.observed], validate=False)
         total = total if scale == 1.0 else scale * total
         for k in layout.scored:
-            total = total + log_prob(k)
+            total = total + site_log_prob(nodes[k], validate=False)
         for k, u in zip(layout.sampled, unconstrained, strict=True):
             transform = layout.transforms[k]
             if transform is not None:

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 from pyro.infer.autoguide.initialization import (
     InitMessenger,
     init_to_median,
@@ -23,7 +22,7 @@ from torch.distributions import Gamma, Normal, biject_to
 
 from ...distributions import ARDNormal
 from ...priors import WEIGHT_TAG
-from ...sites import unwrap
+from ...sites import site_log_prob, unwrap
 
 
 def _is_latent(node: dict) -> bool:
@@ -146,7 +145,7 @@ def _is_standard_normal(node: dict, shape: torch.Size) -> bool:
 
 def _row_log_prob(node: dict, rows: int) -> Tensor:
     """The observed site's log-likelihood per row, shape ``(rows,)``."""
-    lp = scale_and_mask(node["fn"].log_prob(node["value"]), node["scale"], node["mask"])
+    lp = site_log_prob(node, total=False)
     if lp.dim() == 0 or lp.shape[0] != rows:
         raise ValueError(
             f"the observed site {node['name']!r} must sit inside a pyro.plate over the rows of X "
