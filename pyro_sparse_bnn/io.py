@@ -15,8 +15,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "check_writable"]
+import torch
+
+__all__ = ["atomic_path", "check_writable", "read_tagged"]
 
 
 def check_writable(path: str | os.PathLike, name: str = "path") -> Path:
@@ -42,3 +45,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def read_tagged(path: str | os.PathLike, tag: str, what: str, *, weights_only: bool = True) -> dict:
+    """The dict ``torch.save`` wrote to ``path`` with ``"format": tag``; a ``ValueError`` naming
+    ``what`` for a missing, corrupted or foreign file. With ``weights_only`` (the default)
+    loading accepts tensors and plain values only, so it runs no code from the file.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "state.pt"
+    >>> torch.save({"format": "demo", "n": 3}, path)
+    >>> read_tagged(path, "demo", "demo file")["n"]
+    3
+    >>> read_tagged(path, "other", "checkpoint")
+    Traceback (most recent call last):
+    ValueError: checkpoint '...state.pt' is not a saved other
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {str(path)!r} does not exist or is not a file")
+    try:
+        payload: Any = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:
+        raise ValueError(f"{what} {str(path)!r} is corrupted or unreadable ({err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != tag:
+        raise ValueError(f"{what} {str(path)!r} is not a saved {tag}")
+    return payload

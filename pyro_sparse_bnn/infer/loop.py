@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import trange
 
-from ..io import atomic_path, check_writable
+from ..io import atomic_path, check_writable, read_tagged
 from ..validation import check_bool, check_positive_int
 
 __all__ = [
@@ -283,17 +283,7 @@ def save_run(path: str | os.PathLike, kind: str, signature: dict, state: dict) -
 def load_run(path: str | os.PathLike, kind: str) -> dict:
     """What :func:`save_run` wrote (tensors and plain values only: loading runs no code); a
     ValueError for a missing or foreign file. Check it with :func:`run_state` before use."""
-    if not os.path.isfile(path):
-        raise ValueError(f"resume: checkpoint {str(path)!r} does not exist")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"resume: {str(path)!r} is corrupted or not a checkpoint ({err})"
-        ) from None
-    if not isinstance(saved, dict) or saved.get("format") != kind:
-        raise ValueError(f"resume: {str(path)!r} is not a {kind} checkpoint")
-    return saved
+    return read_tagged(path, kind, "resume: checkpoint")
 
 
 def run_state(saved: dict, signature: dict) -> dict:

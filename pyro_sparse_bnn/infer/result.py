@@ -24,7 +24,7 @@ from torch import Tensor
 from .. import arviz as psb_arviz
 from .. import guides, metrics
 from .._version import __version__
-from ..io import atomic_path
+from ..io import atomic_path, read_tagged
 from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
 from ..prune import live_masks
@@ -458,16 +458,7 @@ class FitResult:
     @isolated
     def load(cls, path: str | os.PathLike) -> FitResult:
         """Read a result written by :meth:`save`; a clear ``ValueError`` for a bad file."""
-        if not Path(path).is_file():
-            raise ValueError(f"path {str(path)!r} does not exist or is not a file")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise ValueError(
-                f"{str(path)!r} is corrupted or not a saved FitResult ({err})"
-            ) from None
-        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-            raise ValueError(f"{str(path)!r} is not a saved FitResult")
+        payload = read_tagged(path, FILE_FORMAT, "path", weights_only=False)
         if payload["format_version"] != FILE_FORMAT_VERSION:
             raise ValueError(
                 f"{str(path)!r} has file format {payload['format_version']} (written by "
