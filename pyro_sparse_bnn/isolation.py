@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import random
 import threading
 import types
@@ -31,6 +32,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pyro
 import torch
+
+from .validation import check_keywords
 
 __all__ = [
     "MAX_SEED", "LocalParams", "check_seed", "isolated", "isolated_state", "local_params",
@@ -117,13 +120,24 @@ def isolated_state(seed: int | None = None) -> Iterator[None]:
 
 
 def isolated(fn: F) -> F:
-    """Decorate ``fn`` to run in :func:`isolated_state` (unseeded: ``fn`` seeds if it wants).
+    """Decorate ``fn`` to run in :func:`isolated_state` (unseeded: ``fn`` seeds if it wants); an
+    unknown keyword is a TypeError naming the closest valid ones (``validation.check_keywords``).
 
     The wrapper shares ``fn``'s module globals, so doctest still finds ``fn``'s examples.
     """
-    enter, own = isolated_state, own_parameters
+    enter, own, check = isolated_state, own_parameters, check_keywords
+    parameters = inspect.signature(fn).parameters.values()
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    keywords = [
+        p.name
+        for p in parameters
+        if p.kind is not inspect.Parameter.VAR_POSITIONAL and p.name not in ("self", "cls")
+    ]
+    where = f"{fn.__qualname__}()"
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not open_ended:
+            check(where, kwargs, keywords)
         with enter():
             own(*args, *kwargs.values())
             return fn(*args, **kwargs)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ __all__ = [
     "as_tensor",
     "check_bool",
     "check_choice",
+    "check_keywords",
     "check_nonnegative",
     "check_number",
     "check_positive",
@@ -142,3 +145,20 @@ def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return value
+
+
+def check_keywords(where: str, given: Iterable[str], valid: Sequence[str]) -> None:
+    """A TypeError naming ``where``, the closest valid keywords and all of them, for a keyword
+    not in ``valid``.
+
+    >>> check_keywords("fit_mcmc()", ["num_sample"], ["num_samples", "warmup", "num_steps"])
+    Traceback (most recent call last):
+    TypeError: fit_mcmc() got an unknown option 'num_sample'; did you mean 'num_samples' or ...
+    """
+    for name in given:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise TypeError(
+                f"{where} got an unknown option {name!r}; {hint}its options are {list(valid)}"
+            )

@@ -646,3 +646,21 @@ def test_nuts_with_an_svi_start_runs():
         num_samples=2, warmup=2, num_chains=2, progress=False,
     )  # fmt: skip
     assert result.samples["0.weight"].shape == (2, 2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda r: psb.infer.fit_mcmc(classifier(), X, Y, num_sample=2),
+            "did you mean 'num_samples'",
+        ),
+        (lambda r: r.predict(X, mask=True), r"FitResult.predict\(\) got an unknown option 'mask'"),
+        (lambda r: r.masks(tresh=1.0), "did you mean 'threshold'"),
+    ],
+)
+def test_public_functions_name_the_closest_option_to_a_misspelt_keyword(call, match):
+    """Not only ``fit``: every public entry point answers an unknown keyword with its options."""
+    result = psb.fit(classifier(), X, Y, epochs=2, progress=False)
+    with pytest.raises(TypeError, match=match):
+        call(result)

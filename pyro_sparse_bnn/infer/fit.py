@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -10,6 +9,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from ..isolation import isolated
+from ..validation import check_keywords
 from .mcmc import KERNELS, fit_mcmc
 from .penalized import fit_l0, fit_l1
 from .result import FitResult
@@ -50,15 +50,7 @@ class Method(NamedTuple):
                 f"method {self.name!r} fixes {clash} ({dict(self.fixed)}); call "
                 f"{self.function.__name__} to choose them"
             )
-        valid = self.options()
-        for option in options:
-            if option not in valid:
-                close = difflib.get_close_matches(option, valid, n=3, cutoff=0.6)
-                hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-                raise TypeError(
-                    f"fit(method={self.name!r}) got an unknown option {option!r}; {hint}"
-                    f"the options of {self.function.__name__} are {valid}"
-                )
+        check_keywords(f"fit(method={self.name!r})", options, self.options())
 
     def __call__(self, model: Callable, X: Tensor, y: Tensor, **options: Any) -> FitResult:
         self.check(options)
