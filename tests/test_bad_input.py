@@ -7,7 +7,6 @@ method options, priors and ``SparseBNN``, ``FitResult`` methods, datasets and th
 
 from __future__ import annotations
 
-import difflib
 import re
 import subprocess
 import sys
@@ -211,48 +210,6 @@ OPTION_CASES = [
 @pytest.mark.parametrize(("method", "options", "error", "match"), OPTION_CASES)
 def test_bad_option(method, options, error, match, tmp_path, monkeypatch):
     _run_fit(classifier, (X, Y), method, options, error, match, tmp_path, monkeypatch)
-
-
-MISSPELT = {"svi": "epoch", "vadam": "num_sample", "l0": "lambda_", "l1": "thresold"}
-MISSPELT |= {m: "burnin" for m in METHODS if m.startswith("sg")}
-MISSPELT |= {"nuts": "num_sample", "hmc": "warm_up"}
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_a_misspelt_option_names_the_method_and_the_closest_valid_ones(
-    method, tmp_path, monkeypatch
-):
-    """Every method answers an unknown keyword with the option it probably meant."""
-    meant = difflib.get_close_matches(MISSPELT[method], METHODS[method].options(), n=1)
-    assert meant, f"the table's misspelling for {method} is too far from any option"
-    match = rf"fit\(method='{method}'\) got an unknown option '{MISSPELT[method]}'; did you mean "
-    _run_fit(
-        classifier,
-        (X, Y),
-        method,
-        {MISSPELT[method]: 1},
-        TypeError,
-        match + repr(meant[0]),
-        tmp_path,
-        monkeypatch,
-    )
-
-
-SYNONYMS = {"num_draws", "burn_in", "burnin", "num_warmup", "n_samples", "mc_samples", "n_chains"}
-
-
-def test_one_name_per_idea_across_methods():
-    """docs/architecture.md's vocabulary: no method takes a synonym of another's option."""
-    for name, method in METHODS.items():
-        assert not SYNONYMS & set(method.options()), name
-
-
-def test_help_of_fit_names_every_method_and_its_function():
-    text = psb.fit.__doc__
-    for name, method in METHODS.items():
-        assert f'``"{name}"``' in text, name
-        assert f"infer.{method.function.__name__}`" in text, name
-        assert getattr(psb.infer, method.function.__name__) is method.function
 
 
 def _gaussian_learned_noise() -> psb.SparseBNN:
@@ -646,21 +603,3 @@ def test_nuts_with_an_svi_start_runs():
         num_samples=2, warmup=2, num_chains=2, progress=False,
     )  # fmt: skip
     assert result.samples["0.weight"].shape == (2, 2, 3, 4)
-
-
-@pytest.mark.parametrize(
-    ("call", "match"),
-    [
-        (
-            lambda r: psb.infer.fit_mcmc(classifier(), X, Y, num_sample=2),
-            "did you mean 'num_samples'",
-        ),
-        (lambda r: r.predict(X, mask=True), r"FitResult.predict\(\) got an unknown option 'mask'"),
-        (lambda r: r.masks(tresh=1.0), "did you mean 'threshold'"),
-    ],
-)
-def test_public_functions_name_the_closest_option_to_a_misspelt_keyword(call, match):
-    """Not only ``fit``: every public entry point answers an unknown keyword with its options."""
-    result = psb.fit(classifier(), X, Y, epochs=2, progress=False)
-    with pytest.raises(TypeError, match=match):
-        call(result)
