@@ -17,12 +17,59 @@ tensor([13., 14., 15.])
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, fx
+from torch.fx.experimental.proxy_tensor import make_fx
 
-__all__ = ["fold_broadcast_bmm", "merge_common_subexpressions", "simplify_graph"]
+__all__ = [
+    "Traced",
+    "checked_trace",
+    "fold_broadcast_bmm",
+    "merge_common_subexpressions",
+    "simplify_graph",
+]
+
+
+class Traced(NamedTuple):
+    """What :func:`checked_trace` found: the graph, or ``None`` with the ``error`` that stopped
+    tracing (``None`` when the graph was built but disagreed with the eager computation)."""
+
+    graph: fx.GraphModule | None
+    error: str | None = None
+
+
+def checked_trace(
+    fn: Callable,
+    args: Sequence[Any],
+    agrees: Callable[[fx.GraphModule], bool],
+    passes: Sequence[Callable[[fx.GraphModule], Any]] = (),
+    **make_fx_options: Any,
+) -> Traced:
+    """Trace ``fn(*args)`` into an ATen graph, run ``passes`` over it and keep it only if
+    ``agrees(graph)`` (it reproduces the eager computation at another point): the one way the
+    toolkit replaces a Python step by a graph (NUTS's potential, SG-MCMC's gradient, the SVI
+    step). Any failure on the way keeps the eager computation.
+
+    >>> ok = checked_trace(torch.sin, (torch.zeros(2),), lambda g: bool(g(torch.ones(2))[0] > 0))
+    >>> ok.graph is not None, checked_trace(torch.sin, (1,), lambda g: True).error is not None
+    (True, True)
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = make_fx(fn, **make_fx_options)(*args)
+            for simplify in passes:
+                graph = simplify(graph) or graph
+            if not agrees(graph):
+                return Traced(None)
+    except Exception as error:  # any failure to trace or replay: stay eager
+        return Traced(None, f"{type(error).__name__}: {error}")
+    return Traced(graph)
+
 
 _aten = torch.ops.aten
 _NOOP_IF_SAME_SHAPE = {

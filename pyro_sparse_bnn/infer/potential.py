@@ -32,10 +32,9 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Transform, biject_to
-from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..sites import is_improper, site_log_prob
-from .graph_simplify import simplify_graph
+from .graph_simplify import checked_trace, simplify_graph
 
 __all__ = ["FlatPotential", "check_latent_sites", "latent_nodes"]
 
@@ -200,22 +199,22 @@ class FlatPotential:
 
     def _trace_graph(self, probe: list[Tensor]) -> None:
         """Replace the eager batched potential by its ATen graph if the graph reproduces it."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                graph = simplify_graph(make_fx(lambda theta: self._eager(theta))(probe[0]))
-                expected, got = self._eager(probe[1]), graph(probe[1])
-        except Exception as error:  # any tracing failure means: keep the eager potential
+        tol = 1e-4 if self.dtype == torch.float32 else 1e-9
+
+        def agrees(graph: Callable) -> bool:
+            pairs = zip(self._eager(probe[1]), graph(probe[1]), strict=True)
+            return all(torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in pairs)
+
+        traced = checked_trace(lambda theta: self._eager(theta), (probe[0],), agrees,
+                               passes=(simplify_graph,))  # fmt: skip
+        if traced.graph is not None:
+            self._fn, self.traced = traced.graph, True
+        elif traced.error is not None:
             warnings.warn(
-                f"the model could not be traced into a graph ({type(error).__name__}: {error}); "
+                f"the model could not be traced into a graph ({traced.error}); "
                 "using the slower eager potential",
                 stacklevel=3,
             )
-            return
-        tol = 1e-4 if self.dtype == torch.float32 else 1e-9
-        pairs = zip(expected, got, strict=True)
-        if all(torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in pairs):
-            self._fn, self.traced = graph, True
         else:
             warnings.warn(
                 "the traced potential differs from the eager one (data-dependent control flow?); "

@@ -23,7 +23,7 @@ from torch.distributions import biject_to, constraints
 
 from ...priors import WEIGHT_TAG
 from ...sites import is_improper, site_log_prob, unwrap
-from ..graph_simplify import fold_broadcast_bmm, merge_common_subexpressions
+from ..graph_simplify import checked_trace, fold_broadcast_bmm, merge_common_subexpressions
 from .options import SSGLPrior
 
 SAMPLERS = ("sgld", "sghmc")
@@ -328,29 +328,27 @@ class _Gradient:
 
         The graph is replayed at a moved point on a second minibatch and must match eager.
         """
-        from torch.fx.experimental.proxy_tensor import make_fx
-
         (x0, y0), (x1, y1) = batches
-        try:
-            graph = make_fx(self._transformed(noise is not None))(
-                unconstrained, _inputs(noise, x0, y0)
-            )
-            fold_broadcast_bmm(graph.graph)
-            merge_common_subexpressions(graph.graph)
-            graph.graph.eliminate_dead_code()
-            graph.recompile()
-            moved = [u + 0.01 * torch.randn_like(u) for u in unconstrained]
+        moved = [u + 0.01 * torch.randn_like(u) for u in unconstrained]
+
+        def agrees(graph: Callable) -> bool:
             expected, _ = self.eager(moved, noise, x1, y1)
             grads, (_, outputs) = graph(moved, _inputs(noise, x1, y1))
-        except Exception as error:  # any failure to trace or replay means: stay eager
-            return f"{type(error).__name__}: {error}"
-        got = self.density.parse(grads, list(outputs))
-        pairs = [*zip(got.grads, expected.grads, strict=True), (got.lp, expected.lp)]
-        pairs += [] if got.rss is None else [(got.rss, expected.rss)]
-        pairs += [(got.recorded[k], expected.recorded[k]) for k in got.recorded]
-        if not all(_close(a, b) for a, b in pairs):
-            return "the traced gradient disagrees with the eager one"
-        self.graph = graph
+            got = self.density.parse(grads, list(outputs))
+            pairs = [*zip(got.grads, expected.grads, strict=True), (got.lp, expected.lp)]
+            pairs += [] if got.rss is None else [(got.rss, expected.rss)]
+            pairs += [(got.recorded[k], expected.recorded[k]) for k in got.recorded]
+            return all(_close(a, b) for a, b in pairs)
+
+        traced = checked_trace(
+            self._transformed(noise is not None),
+            (unconstrained, _inputs(noise, x0, y0)),
+            agrees,
+            passes=(_rewrite,),
+        )
+        self.graph = traced.graph
+        if traced.graph is None:
+            return traced.error or "the traced gradient disagrees with the eager one"
         return None
 
     def __call__(
@@ -360,6 +358,14 @@ class _Gradient:
             return self.eager(unconstrained, noise, x, y)[0]
         grads, (_, outputs) = self.graph(unconstrained, _inputs(noise, x, y))
         return self.density.parse(grads, list(outputs))
+
+
+def _rewrite(graph: Any) -> None:
+    """SG-MCMC's own graph passes: batched products of broadcast weights, shared subterms."""
+    fold_broadcast_bmm(graph.graph)
+    merge_common_subexpressions(graph.graph)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
 
 
 def _inputs(noise: Tensor | None, x: Tensor, y: Tensor) -> list[Tensor]:
