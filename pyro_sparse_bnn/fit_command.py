@@ -21,6 +21,7 @@ usage error.
 >>> import pathlib, tempfile
 >>> out = pathlib.Path(tempfile.mkdtemp())
 >>> main(["fit", "iris", "--hidden", "8", "--epochs", "5", "-o", str(out), "--quiet", "--no-plots"])
+psbnn fit: iris (built-in), svi with a horseshoe prior: test accuracy ... weights; wrote ...
 0
 >>> sorted(p.name for p in out.iterdir())
 ['metrics.json', 'result.pt']
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import math
 import sys
@@ -47,6 +49,7 @@ from .infer.fit import METHODS
 from .infer.result import FitResult
 from .io import atomic_path
 from .nn import SparseBNN, mlp
+from .validation import check_keywords, check_xy
 
 __all__ = ["PRIORS", "Data", "add_parser", "load_data", "main", "run"]
 
@@ -283,7 +286,11 @@ def _dataset(text: str) -> str:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``fit`` subcommand to ``psbnn``'s subparsers; return its parser."""
-    fit = subparsers.add_parser("fit", help="train a sparse BNN on a data set")
+    fit = subparsers.add_parser(
+        "fit",
+        help="train a sparse BNN on a data set",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     fit.add_argument("dataset", type=_dataset, help="built-in name, MNIST directory or file")
     fit.add_argument("--output", "-o", required=True, type=Path, help="output directory")
     fit.add_argument("--hidden", type=_positive_int, nargs="*", default=[50], help="hidden sizes")
@@ -310,7 +317,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     fit.add_argument("--accelerator", default="auto", help="Lightning accelerator")
     fit.add_argument("--num-nodes", type=_positive_int, default=1)
     fit.add_argument("--no-plots", action="store_true")
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar (the result is shown)")
     fit.set_defaults(fit_parser=fit)
     return fit
 
@@ -324,12 +331,16 @@ def _build(args: argparse.Namespace) -> tuple[Data, SparseBNN, bool]:
         labels=args.labels,
         standardize=args.standardize,
     )
+    try:
+        check_xy(data.X_test, data.y_test)
+    except ValueError as err:
+        raise ValueError(f"the test split: {err}") from None
     data, classify = _targets(data, args.task)
     outputs = int(max(data.y_train.max(), data.y_test.max())) + 1 if classify else 1
-    try:
-        prior = PRIORS[args.prior](**_prior_args(args.prior_arg))
-    except TypeError as err:
-        raise ValueError(f"--prior-arg does not fit prior {args.prior!r}: {err}") from None
+    prior_args = _prior_args(args.prior_arg)
+    accepted = inspect.signature(PRIORS[args.prior]).parameters
+    check_keywords(f"--prior {args.prior} --prior-arg", prior_args, list(accepted))
+    prior = PRIORS[args.prior](**prior_args)
     if classify:
         likelihood = likelihoods.Categorical()
     else:  # the penalised fits train a point estimate: no latent noise, unit scale
@@ -446,14 +457,13 @@ def run(args: argparse.Namespace) -> int:
     metrics["seconds"] = time.perf_counter() - start
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    if not args.quiet:
-        key = "accuracy" if classify else "rmse"
-        test, pruned = metrics["test"][key], metrics["test_pruned"][key]
-        print(
-            f"psbnn fit: {data.source}, {args.method} with a {args.prior} prior: test {key} "
-            f"{test:.4g} ({pruned:.4g} pruned), kept {stats['n_kept']}/{stats['n_weights']} "
-            f"weights; wrote {out}"
-        )
+    key = "accuracy" if classify else "rmse"
+    test, pruned = metrics["test"][key], metrics["test_pruned"][key]
+    print(
+        f"psbnn fit: {data.source}, {args.method} with a {args.prior} prior: test {key} "
+        f"{test:.4g} ({pruned:.4g} pruned), kept {stats['n_kept']}/{stats['n_weights']} "
+        f"weights; wrote {out}"
+    )
     return 0
 
 

@@ -32,15 +32,26 @@ def check_writable(path: str | os.PathLike, name: str = "path") -> Path:
     return target
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: set it back at once
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it."""
+    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (``0o666`` less the
+    umask), not the owner-only mode of the temporary file.
+    """
     target = check_writable(path)
     directory = target.resolve().parent
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

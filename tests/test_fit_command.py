@@ -3,6 +3,7 @@ usage errors, and the Lightning DDP path."""
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -118,7 +119,8 @@ def test_idx_images_with_mnist_named_labels(tmp_path, compress):
         (["fit", "iris", "-o", "out", "--prior", "cauchy"], "invalid choice: 'cauchy'"),
         (["fit", "iris", "-o", "out", "--method", "nuts2"], "invalid choice: 'nuts2'"),
         (["fit", "iris", "-o", "out", "--prior-arg", "scale"], "KEY=NUMBER"),
-        (["fit", "iris", "-o", "out", "--prior-arg", "bogus=1"], "does not fit prior"),
+        (["fit", "iris", "-o", "out", "--prior-arg", "bogus=1"], "unknown option 'bogus'"),
+        (["fit", "iris", "-o", "out", "--prior-arg", "scale=1"], "options are ['global_scale'"),
         (["fit", "iris", "-o", "out", "--epochs", "0"], "positive integer"),
         (["fit", "iris", "-o", "out", "--devices", "2", "--method", "l1"], "SVI only"),
         (["fit", "BAD_CSV", "-o", "out"], "not a table of numbers"),
@@ -161,3 +163,32 @@ def test_devices_2_ddp_trains_two_processes_and_writes_once(tmp_path):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["n_train"] == 30
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "result.pt"]
+
+
+def test_quiet_hides_the_progress_not_the_result_and_files_get_default_permissions(
+    tmp_path, capsys
+):
+    """``--quiet`` still prints the one-line result; the written files are readable by others
+    as with a plain ``open`` (0o666 less the umask), not owner-only like the temporary file."""
+    out = tmp_path / "out"
+    argv = ["fit", "iris", "--hidden", "3", "--epochs", "2", "--no-plots", "--quiet"]
+    assert main([*argv, "-o", str(out)]) == 0
+    assert "psbnn fit: iris" in capsys.readouterr().out
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("result.pt", "metrics.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_a_bad_test_split_fails_before_training(tmp_path, capsys):
+    """A NaN that lands in the test split (and only there) is a usage error naming the test split,
+    raised before any training or writing."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    test_row = np.random.default_rng(0).permutation(40)[0]  # the seeded split's first test row
+    X[test_row, 0] = np.nan
+    np.savez(tmp_path / "d.npz", X=X, y=(rng.random(40) > 0.5).astype(int))
+    with pytest.raises(SystemExit):
+        main(["fit", str(tmp_path / "d.npz"), "-o", str(tmp_path / "out"), "--epochs", "2"])
+    assert "the test split: X contains NaN" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
