@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,26 +32,19 @@ def check_writable(path: str | os.PathLike, name: str = "path") -> Path:
     return target
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: set it back at once
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it.
 
-    The file gets the permissions a plain ``open(path, "w")`` would give it (``0o666`` less the
-    umask), not the owner-only mode of the temporary file.
+    The temporary file is created with mode ``0o666`` less the umask (as by a plain
+    ``open(path, "w")``, the kernel applying the umask), not ``mkstemp``'s owner-only mode.
     """
     target = check_writable(path)
     directory = target.resolve().parent
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = directory / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
