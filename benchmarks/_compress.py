@@ -56,9 +56,9 @@ def score(
 ) -> dict[str, Any]:
     """Test error of the pruned test-time network, compression and kept neurons."""
     masked = masked_network(net, params, masks).eval()
-    small = prune(masked, example)
+    small = prune(masked, example, inputs="select")
     with torch.no_grad():
-        err = (small(x_test).argmax(1) != y_test).float().mean().item()
+        err = (small(x_test[:, small.kept_inputs]).argmax(1) != y_test).float().mean().item()
         full_err = (masked(x_test).argmax(1) != y_test).float().mean().item()
     if abs(err - full_err) > 1e-9:
         raise AssertionError(f"pruned network disagrees with the masked one: {err} vs {full_err}")

@@ -2,9 +2,9 @@
 
     python benchmarks/compress_mnist.py [--quick] [--nets lenet300 lenet5]
 
-Data: the 10,000 official MNIST test images (``datasets.load_mnist`` on ``shared/data/mnist10k``,
-MD5-checked), seeded split 8,000 train / 2,000 test, pixels in [0, 1]. Networks (torch seed 0,
-the same initial weights for every method):
+Data: the 10,000 official MNIST test images (``datasets.load_mnist``: the MD5-checked copy
+shipped with the package), seeded split 8,000 train / 2,000 test, pixels in [0, 1]. Networks
+(torch seed 0, the same initial weights for every method):
 
 * LeNet-300-100: 784-300(ReLU)-100(ReLU)-10, all seven methods (``_compress.METHODS``);
 * LeNet-5-Caffe: conv 20@5x5 - maxpool 2 - conv 50@5x5 - maxpool 2 - 800-500(ReLU)-10, SparseVD and
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 from _common import RESULTS, print_table, write_results
@@ -44,7 +43,6 @@ from torch import nn
 
 import pyro_sparse_bnn as psb
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist10k"
 EPOCHS = {"lenet300": 400, "lenet5": 10}
 KL_WARMUP = {"lenet300": 40, "lenet5": 5}
 NET_METHODS = {"lenet300": METHODS, "lenet5": ("sparsevd", "l0")}
@@ -91,8 +89,8 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=list(NET_METHODS), choices=list(NET_METHODS))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    x, y = psb.datasets.load_mnist(MNIST, split="train")
-    x_test, y_test = psb.datasets.load_mnist(MNIST, split="test")
+    x, y = psb.datasets.load_mnist(split="train")
+    x_test, y_test = psb.datasets.load_mnist(split="test")
     rows, pruned = [], {}
     for name in args.nets:
         epochs = QUICK[name] if args.quick else EPOCHS[name]

@@ -3,7 +3,7 @@
     python benchmarks/mnist_ssgl.py [--quick] [--seed 0]
 
 Data: the 10,000-image MNIST test set read by ``datasets.load_mnist`` from
-``<repo>/../shared/data/mnist10k``, seeded 8,000 train / 2,000 test split, pixels in [0, 1].
+the copy shipped with the package, seeded 8,000 train / 2,000 test split, pixels in [0, 1].
 
 Model: ``SparseBNN(mlp([784, 100, 10]), priors.Normal(1), likelihoods.Categorical())``; biases are
 point estimates fitted during burn-in (the SparseBNN default).
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 from _common import print_table, write_results
@@ -37,7 +36,6 @@ from _common import print_table, write_results
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.infer.sgmcmc import MagnitudePruning
 
-ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist10k"
 SIZES = [784, 100, 10]
 WEIGHTS = ("0.weight", "2.weight")
 
@@ -81,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(1)
     args.chains = 2
     args.burn_in, args.draws, args.thin = (400, 10, 20) if args.quick else (2000, 20, 50)
-    data = (psb.datasets.load_mnist(ROOT, "train"), psb.datasets.load_mnist(ROOT, "test"))
+    data = (psb.datasets.load_mnist(split="train"), psb.datasets.load_mnist(split="test"))
     rows = []
     for name in ("sghmc", "sghmc_pruned", "sghmc_sa"):
         rows.append(run(name, data, args))

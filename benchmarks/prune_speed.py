@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from _common import RESULTS, print_table, write_results
 from torch import nn
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.prune import SelectFeatures, masked_network, prune
+from pyro_sparse_bnn.prune import masked_network, prune
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist10k"
 SAVED = RESULTS / "compress_mnist_lenet300.pt"
 BATCH = 1000
 REPEATS = 200
@@ -36,9 +34,7 @@ PUBLISHED = (266, 88, 33)
 def architecture(net: nn.Module) -> list[int]:
     """Inputs read, then the width of every Linear layer (784-300-100-10 for the dense net)."""
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    select = [m for m in net.modules() if isinstance(m, SelectFeatures)]
-    first = select[0].indices.numel() if select else linears[0].in_features
-    return [first, *(m.out_features for m in linears)]
+    return [linears[0].in_features, *(m.out_features for m in linears)]
 
 
 def macs(net: nn.Module) -> int:
@@ -53,7 +49,14 @@ def published_architecture(dense: nn.Module) -> nn.Module:
             torch.arange(100) < PUBLISHED[2], torch.ones(10, dtype=torch.bool)]  # fmt: skip
     for i, layer in enumerate((0, 2, 4)):
         masks[f"{layer}.weight"] = keep[i + 1][:, None] & keep[i][None, :]
-    return prune(masked_network(dense, masks=masks))
+    return prune(masked_network(dense, masks=masks), inputs="select")
+
+
+def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net`` on ``x``, reading only the kept input pixels of a net pruned with
+    ``inputs="select"`` (the gather is part of the pruned network's time)."""
+    kept = getattr(net, "kept_inputs", None)
+    return net(x if kept is None else x[:, kept])
 
 
 def main() -> None:
@@ -67,19 +70,20 @@ def main() -> None:
     networks = {"dense": dense}
     source = "random weights pruned to 266-88-33"
     if SAVED.exists() and not args.quick:
-        networks |= torch.load(SAVED, weights_only=False)
+        with torch.serialization.safe_globals([nn.Sequential, nn.Linear, nn.ReLU]):
+            networks |= torch.load(SAVED, weights_only=True)
         source = f"{SAVED.relative_to(RESULTS.parent)}; {source}"
     networks["published_l0_sep_shapes"] = published_architecture(dense)
     networks = {k: v.eval() for k, v in networks.items()}
-    x = psb.datasets.load_mnist(MNIST, split="test")[0][:BATCH]
+    x = psb.datasets.load_mnist(split="test")[0][:BATCH]
     times: dict[str, list[float]] = {k: [] for k in networks}
     with torch.no_grad():
         for net in networks.values():
-            net(x)
+            forward(net, x)
         for _ in range(repeats):
             for name, net in networks.items():
                 start = time.perf_counter()
-                net(x)
+                forward(net, x)
                 times[name].append((time.perf_counter() - start) * 1e3)
     t_dense = statistics.median(times["dense"])
     rows = []

@@ -4,7 +4,7 @@
 
 The network is LeNet-300-100 (784-300(ReLU)-100(ReLU)-10) with a horseshoe prior grouped per
 input neuron (non-centred) and the mean-field guide, trained by SVI on the seeded 8,000-image
-train split of ``shared/data/mnist10k`` with a global batch of 100 rows. Each configuration runs
+train split of the shipped MNIST-10k with a global batch of 100 rows. Each configuration runs
 in its own Python process with one torch thread per process:
 
 * ``loader``: :func:`fit_svi_loader` (the plain loop, no Lightning), 1 process;
@@ -36,12 +36,11 @@ from torch.utils.data import DataLoader, TensorDataset
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.infer.streaming import fit_svi_loader
 
-MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist10k"
 GLOBAL_BATCH, SEED = 100, 0
 
 
 def problem(rows: int) -> tuple[TensorDataset, psb.SparseBNN]:
-    X, y = psb.datasets.load_mnist(MNIST, "train", seed=SEED)
+    X, y = psb.datasets.load_mnist(split="train", seed=SEED)
     torch.manual_seed(SEED)
     prior = psb.priors.Horseshoe(global_scale=1e-3, groups="in")
     bnn = psb.SparseBNN(psb.mlp([784, 300, 100, 10]), prior, psb.likelihoods.Categorical())

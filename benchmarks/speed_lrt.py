@@ -39,7 +39,6 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pyro
 import torch
@@ -52,7 +51,6 @@ import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.infer.traced_elbo import TracedELBO
 from pyro_sparse_bnn.lrt import LocalReparameterizationELBO
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist10k"
 BATCH = 100
 ROUNDS, STEPS = 40, 10
 
@@ -152,7 +150,7 @@ def main() -> None:
     rounds, steps = (3, 3) if args.quick else (ROUNDS, STEPS)
     torch.set_num_threads(1)
     pyro.set_rng_seed(0)
-    x, y = psb.datasets.load_mnist(MNIST, split="train")
+    x, y = psb.datasets.load_mnist(split="train")
     n = x.shape[0]
     normal, log_uniform = psb.priors.Normal(), psb.priors.LogUniform()
     lrt, naive = LocalReparameterizationELBO(), TraceMeanField_ELBO()

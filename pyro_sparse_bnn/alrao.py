@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .infer.loop import LoopOptions
 from .isolation import check_seed, isolated
-from .validation import check_positive_int, check_xy
+from .validation import check_number, check_positive, check_positive_int, check_xy
 
 __all__ = [
     "Alrao",
@@ -59,11 +59,7 @@ BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 
 
 def _check_range(eta_min: float, eta_max: float) -> tuple[float, float]:
-    for name, value in (("eta_min", eta_min), ("eta_max", eta_max)):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    eta_min, eta_max = check_positive(eta_min, "eta_min"), check_positive(eta_max, "eta_max")
     if eta_min > eta_max:
         raise ValueError(f"eta_min ({eta_min}) must not exceed eta_max ({eta_max})")
     return float(eta_min), float(eta_max)
@@ -120,10 +116,7 @@ class SwitchAveraging(nn.Module):
     def __init__(self, n_models: int, *, freeze_prob: float = 0.5) -> None:
         super().__init__()
         n_models = check_positive_int(n_models, "n_models")
-        if isinstance(freeze_prob, bool) or not isinstance(freeze_prob, int | float):
-            raise TypeError(f"freeze_prob must be a number, got {freeze_prob!r}")
-        if not 0.0 <= freeze_prob <= 1.0:
-            raise ValueError(f"freeze_prob must lie in [0, 1], got {freeze_prob!r}")
+        freeze_prob = check_number(freeze_prob, "freeze_prob", low=0, high=1)
         prior = torch.tensor([1.0 - freeze_prob, freeze_prob], dtype=torch.float64)
         log_w = (prior.log() - math.log(n_models))[:, None].repeat(1, n_models)
         self.register_buffer("log_state", log_w)

@@ -4,7 +4,7 @@ Masks (``True`` = keep, keyed like a ``state_dict``) come from :mod:`pyro_sparse
 :func:`masked_network` sets a network's weights and zeroes the pruned entries (SparseVD's
 test-time network); :func:`apply_masks` does the same through ``torch.nn.utils.prune``;
 :func:`prune` returns a plain ``nn.Sequential`` with the dead neurons and channels removed,
-computing the same function.
+computing the same function: made of torch modules only, so it loads without this package.
 
 >>> import torch
 >>> from torch import nn
@@ -39,7 +39,6 @@ from .sparsity import scalp_masks
 from .validation import check_nonnegative
 
 __all__ = [
-    "SelectFeatures",
     "apply_masks",
     "masked_network",
     "prune",
@@ -129,25 +128,6 @@ def apply_masks(net: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
         module_name, _, param = name.rpartition(".")
         torch_prune.custom_from_mask(out.get_submodule(module_name), param, mask)
     return out
-
-
-class SelectFeatures(nn.Module):
-    """Keep the listed features (or channels) of dimension 1 of the input.
-
-    >>> SelectFeatures([2, 0])(torch.tensor([[1.0, 2.0, 3.0]])).tolist()
-    [[3.0, 1.0]]
-    """
-
-    def __init__(self, indices: Sequence[int] | Tensor, in_features: int | None = None) -> None:
-        super().__init__()
-        self.register_buffer("indices", torch.as_tensor(indices, dtype=torch.long))
-        self.in_features = in_features
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.index_select(1, self.indices)
-
-    def extra_repr(self) -> str:
-        return f"kept={self.indices.numel()}, in_features={self.in_features}"
 
 
 def _flatten(net: nn.Module) -> list[nn.Module]:
@@ -299,24 +279,41 @@ def _rebuild(layer: _Layer) -> nn.Module:
     return new
 
 
-def prune(net: nn.Module, example_input: Tensor | None = None) -> nn.Sequential:
+def prune(
+    net: nn.Module, example_input: Tensor | None = None, *, inputs: str = "keep"
+) -> nn.Sequential:
     """A smaller ``nn.Sequential`` computing the same function as ``net`` (weights as they are).
 
     Zero weights mark what was pruned (see :func:`masked_network`). A hidden unit (neuron or
     channel) with no non-zero outgoing weights is removed; one with no non-zero incoming weights
     outputs a constant (its activated bias), which is folded into the next layer's bias before it
     is removed (for a convolution only when the next layer has no padding, where this is exact).
-    Input features (or channels) that no weight reads are dropped by a leading
-    :class:`SelectFeatures`. Output units are never removed. This repeats until nothing changes.
+    Output units are never removed. This repeats until nothing changes.
 
     Args:
         net: an ``nn.Sequential`` (nesting allowed) of ``Linear``/``Conv1d``/``Conv2d`` layers,
             elementwise activations, pooling and ``Flatten``.
         example_input: one input batch; needed only when the net has convolutions (for the
             spatial sizes).
+        inputs: ``"keep"``: the small net reads the same input as ``net`` (input features no
+            weight reads keep their zero columns); ``"select"``: the first layer reads only the
+            used features (channels), listed in the buffer ``small.kept_inputs``, so call
+            ``small(x[:, small.kept_inputs])``.
+
+    >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+    >>> with torch.no_grad():
+    ...     net[0].weight[:, 1] = 0.0  # no weight reads feature 1
+    >>> small = prune(net, inputs="select")
+    >>> small[0].in_features, small.kept_inputs.tolist()
+    (2, [0, 2])
+    >>> x = torch.randn(4, 3)
+    >>> bool(torch.allclose(small(x[:, small.kept_inputs]), net(x)))
+    True
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if inputs not in ("keep", "select"):
+        raise ValueError(f"inputs must be 'keep' or 'select', got {inputs!r}")
     modules = _flatten(copy.deepcopy(net).eval())
     _check_supported(modules)
     has_conv = any(isinstance(m, nn.Conv1d | nn.Conv2d) for m in modules)
@@ -332,7 +329,9 @@ def prune(net: nn.Module, example_input: Tensor | None = None) -> nn.Sequential:
     with torch.no_grad():
         first = layers[0]
         used = (first.weight.transpose(0, 1).reshape(first.weight.shape[1], -1) != 0).any(1)
-        if not used.any():
+        if inputs == "keep":
+            used[:] = True
+        elif not used.any():
             used[0] = True
         first.weight = first.weight[:, used]
         changed = True
@@ -341,12 +340,13 @@ def prune(net: nn.Module, example_input: Tensor | None = None) -> nn.Sequential:
             for layer, nxt in itertools.pairwise(layers):
                 changed |= _prune_pass(layer, nxt)
         out = modules[: positions[0]]
-        if not used.all():
-            out.append(SelectFeatures(used.nonzero()[:, 0], in_features=used.numel()))
         for layer in layers:
             out.append(_rebuild(layer))
             out.extend(layer.after)
-    return nn.Sequential(*out).eval()
+    small = nn.Sequential(*out).eval()
+    if inputs == "select":
+        small.register_buffer("kept_inputs", used.nonzero()[:, 0])
+    return small
 
 
 def _output_shapes(
@@ -379,18 +379,21 @@ def _posterior_network(result: Any) -> tuple[nn.Module, dict[str, Tensor], Tenso
 
 
 def prune_result(
-    result: Any, masks: Mapping[str, Tensor], example_input: Tensor | None = None
+    result: Any,
+    masks: Mapping[str, Tensor],
+    example_input: Tensor | None = None,
+    inputs: str = "keep",
 ) -> nn.Module:
     """:func:`prune` a :class:`~pyro_sparse_bnn.FitResult` of a ``SparseBNN``.
 
     Weights are the posterior means of the weight sites (``result.weight_moments()``, exact under
     a SparseVD guide), zeroed outside ``masks`` (``result.masks(...)``). Non-Bayesian biases are
     the fitted ones, Bayesian biases their posterior means. ``example_input`` (validated)
-    defaults to a training row.
+    defaults to a training row; ``inputs`` is :func:`prune`'s.
     """
     net, params, x = _posterior_network(result)
     x = x if example_input is None else example_input
-    return prune(masked_network(net, params, dict(masks)), x)
+    return prune(masked_network(net, params, dict(masks)), x, inputs=inputs)
 
 
 def live_masks(result: Any, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

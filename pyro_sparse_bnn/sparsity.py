@@ -85,10 +85,8 @@ def keep_masks(scores: Mapping[str, Tensor], threshold: float = SNR_THRESHOLD) -
     >>> keep_masks({"w": torch.tensor([2.0, 0.5])})["w"].tolist()
     [True, False]
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        raise TypeError(f"threshold must be a number, got {threshold!r}")
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
+    if threshold != math.inf:  # an infinite threshold keeps nothing
+        threshold = check_nonnegative(threshold, "threshold")
     return {name: score > threshold for name, score in scores.items()}
 
 

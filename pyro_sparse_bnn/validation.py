@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -85,13 +86,17 @@ def check_number(
     >>> check_number(1.0, "rate", low=0, high=1, low_open=True, high_open=True)
     Traceback (most recent call last):
     ValueError: rate must be in (0, 1), got 1.0
+    >>> check_number(np.float32(0.25), "rate", low=0)
+    0.25
     >>> check_number(2.5, "num_chains", integer=True, low=1)
     Traceback (most recent call last):
     TypeError: num_chains must be an int, got 2.5
     """
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
+    kinds = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool | np.bool_) or not isinstance(value, kinds):
         raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {value!r}")
+    if isinstance(value, np.generic):  # numpy scalars: np.float32(1.0), np.int64(3)
+        value = value.item()
     below = value <= low if low_open else value < low
     above = value >= high if high_open else value > high
     if not math.isfinite(value) or below or above:

@@ -154,8 +154,9 @@ def test_pruning_an_l0_result_gives_its_test_time_network():
     bnn = psb.SparseBNN(psb.mlp([12, 16, 2]), psb.priors.Normal(), psb.likelihoods.Categorical())
     result = psb.fit(bnn, x, y, method="l0", lambdas=[10.0, 0.1], epochs=20, batch_size=100,
                      lr=0.03, gate_lr=0.2, num_posterior_samples=2, progress=False)  # fmt: skip
-    small = result.prune()
+    small = result.prune(inputs="select")
     test_time = result.info["network"].plain_network()
     with torch.no_grad():
-        assert (small(x) - test_time(x)).abs().max() < 1e-5
-    assert small[0].indices.tolist() == [0, 1]
+        assert (small(x[:, small.kept_inputs]) - test_time(x)).abs().max() < 1e-5
+        assert (result.prune()(x) - test_time(x)).abs().max() < 1e-5
+    assert small.kept_inputs.tolist() == [0, 1]

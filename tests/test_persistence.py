@@ -1,7 +1,10 @@
 """Save, load, checkpoint and resume: nothing is lost, nothing half-written, resumes are exact."""
 
+from contextlib import nullcontext
 from pathlib import Path
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -75,3 +78,50 @@ def test_unpicklable_model_is_refused_without_writing(tmp_path):
     with pytest.raises(TypeError, match="cannot save"):
         result.save(tmp_path / "r.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_file_runs_no_code_when_loaded(fitted, tmp_path):
+    marker = tmp_path / "code-ran"
+    payload = torch.load(fitted.save(tmp_path / "fit.pt"), weights_only=False)
+    payload["info"] = {"attack": _RunsCode(marker)}
+    torch.save(payload, tmp_path / "crafted.pt")
+    with pytest.raises(ValueError, match=r"refers to pathlib\..*so nothing was loaded"):
+        psb.load(tmp_path / "crafted.pt")
+    assert not marker.exists()
+    torch.load(tmp_path / "crafted.pt", weights_only=False)  # the file really does run code
+    assert marker.exists()
+
+
+def test_every_method_s_result_loads_safely_and_predicts_the_same(tmp_path):
+    cases = {"svi": {"epochs": 3}, "nuts": {"num_samples": 4, "warmup": 4}, "l0": {"epochs": 3}}
+    cases |= {"vadam": {"epochs": 2}, "sgld_sa": {"num_samples": 4, "warmup": 4}}
+    for method, options in cases.items():
+        with pytest.warns(UserWarning) if method in ("nuts", "vadam") else nullcontext():
+            result = psb.fit(bnn(), X, Y, method=method, progress=False, **options)
+        loaded = psb.load(result.save(tmp_path / f"{method}.pt"))
+        assert torch.equal(loaded.predict(X)["probs"], result.predict(X)["probs"]), method
+
+
+def test_a_users_own_model_loads_only_when_trusted(tmp_path):
+    result = psb.fit(
+        user_model, X, Y, method="nuts", num_samples=4, warmup=4, progress=False
+    )
+    path = result.save(tmp_path / "own.pt")
+    with pytest.raises(ValueError, match=r"test_persistence.user_model.*trusted=\["):
+        psb.load(path)
+    loaded = psb.load(path, trusted=[user_model])
+    assert torch.equal(loaded.predict(X)["probs"], result.predict(X)["probs"])
+
+
+def user_model(x, y=None):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([4, 3]).to_event(2))
+    with pyro.plate("data", x.shape[0]):
+        return pyro.sample("y", dist.Categorical(logits=x @ w), obs=y)

@@ -11,7 +11,6 @@ import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.baselines import l1_penalty, magnitude_prune
 from pyro_sparse_bnn.guides import weight_moments
 from pyro_sparse_bnn.prune import (
-    SelectFeatures,
     apply_masks,
     live_masks,
     masked_network,
@@ -39,13 +38,27 @@ def random_masks(net, seed, keep=0.3, dead_rows=0.4, dead_cols=0.3):
 
 
 def assert_equivalent(net, x, masks):
+    """Both input modes reproduce the masked net; selecting the read inputs only shrinks it."""
     masked = masked_network(net, masks=masks).eval()
     small = prune(masked, x)
+    selecting = prune(masked, x, inputs="select")
     with torch.no_grad():
-        diff = (small(x) - masked(x)).abs().max().item()
-    assert diff < 1e-5
-    assert n_params(small) < n_params(masked)
-    return small
+        assert (small(x) - masked(x)).abs().max().item() < 1e-5
+        read = selecting(x[:, selecting.kept_inputs])
+        assert (read - masked(x)).abs().max().item() < 1e-5
+    assert n_params(selecting) <= n_params(small) < n_params(masked)
+    return selecting
+
+
+def test_the_pruned_network_is_made_of_torch_modules_only(tmp_path):
+    """Saved whole, it names torch classes only, so torch alone loads it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 2))
+    for inputs in ("keep", "select"):
+        small = prune(masked_network(net, masks=random_masks(net, 0)), inputs=inputs)
+        torch.save(small, tmp_path / "small.pt")
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "small.pt")
+        assert names and all(n.startswith("torch.nn.modules.") for n in names), names
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -57,7 +70,7 @@ def test_mlp_pruning_is_exact(seed):
         nn.Linear(30, 40), nn.Tanh(), nn.Linear(40, 20), nn.Sigmoid(), nn.Linear(20, 5)
     )
     small = assert_equivalent(net, torch.randn(64, 30), random_masks(net, seed))
-    assert isinstance(small[0], SelectFeatures)
+    assert small[0].in_features == small.kept_inputs.numel() < 30
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -92,10 +105,10 @@ def test_everything_pruned_leaves_a_constant_network():
     masks = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in net.state_dict().items()
              if k.endswith("weight")}  # fmt: skip
     masked = masked_network(net, masks=masks)
-    small = prune(masked)
+    small = prune(masked, inputs="select")
     x = torch.randn(4, 6)
     with torch.no_grad():
-        assert (small(x) - masked(x)).abs().max() < 1e-6
+        assert (small(x[:, small.kept_inputs]) - masked(x)).abs().max() < 1e-6
     assert n_params(small) <= 1 + 1 + 1 * 3 + 3
 
 

@@ -21,7 +21,6 @@ torch.Size([3, 4])
 
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from operator import attrgetter
 from typing import Any
@@ -40,6 +39,7 @@ from torch.distributions import biject_to, constraints
 from .. import distributions
 from ..isolation import LocalParams
 from ..sites import unwrap
+from ..validation import check_number
 
 __all__ = ["SparseVDGuide", "sparse_vd", "weight_moments"]
 
@@ -87,10 +87,7 @@ class SparseVDGuide(LocalParams, AutoGuide):
         init_log_sigma2: float = DEFAULT_LOG_SIGMA2,
         init_loc_fn: Any = None,
     ) -> None:
-        if isinstance(init_log_sigma2, bool) or not isinstance(init_log_sigma2, int | float):
-            raise TypeError(f"init_log_sigma2 must be a number, got {init_log_sigma2!r}")
-        if not math.isfinite(init_log_sigma2):
-            raise ValueError(f"init_log_sigma2 must be finite, got {init_log_sigma2}")
+        init_log_sigma2 = check_number(init_log_sigma2, "init_log_sigma2")
         if init_loc_fn is not None and not callable(init_loc_fn):
             raise TypeError(f"init_loc_fn must be callable, got {type(init_loc_fn).__name__}")
         self._init_log_sigma2 = float(init_log_sigma2)

@@ -8,8 +8,9 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
+from ..dtypes import data_dtype
 from ..isolation import isolated
-from ..validation import check_keywords
+from ..validation import as_tensor, check_keywords
 from .mcmc import KERNELS, fit_mcmc
 from .penalized import fit_l0, fit_l1
 from .result import FitResult
@@ -88,7 +89,8 @@ def fit(model: Callable, X: Tensor, y: Tensor, *, method: str = "svi", **options
       ``"sgld_sa"``, ``"sghmc_sa"``, ``"sgld_em"``, ``"sghmc_em"``: the same samplers under the
       spike-and-slab group lasso prior adapted by stochastic approximation or EM.
 
-    A keyword the method does not take raises a TypeError naming the closest valid ones.
+    A keyword the method does not take raises a TypeError naming the closest valid ones. The
+    model runs in ``X``'s floating dtype (:mod:`~pyro_sparse_bnn.dtypes`).
 
     >>> import pyro_sparse_bnn as psb
     >>> X, y = psb.datasets.load("iris")
@@ -102,4 +104,5 @@ def fit(model: Callable, X: Tensor, y: Tensor, *, method: str = "svi", **options
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    return METHODS[method](model, X, y, **options)
+    with data_dtype(as_tensor(X, "X").dtype):
+        return METHODS[method](model, X, y, **options)

@@ -41,7 +41,13 @@ from ..nn import BAYESIAN_LAYERS, SparseBNN
 from ..penalties import Penalty, glorot_penalties, total_penalty
 from ..priors import Normal
 from ..sparsity import gate_masks
-from ..validation import check_choice, check_positive, check_positive_int, check_xy
+from ..validation import (
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_xy,
+)
 from .loop import LR_SCHEDULES, LoopOptions, check_step, lr_scheduler
 from .posterior import GatedPosterior, Posterior
 from .result import FitResult
@@ -171,8 +177,7 @@ def _l1_factors(l1: Any, net: nn.Module, n_data: int) -> dict[str, float]:
     else:
         values = dict.fromkeys(layers, l1)
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise ValueError(f"l1 must be a number >= 0 (layer {name!r}), got {value!r}")
+        check_nonnegative(value, f"l1 (layer {name!r})")
     return {k: float(values.get(k, 0.0)) for k in layers}
 
 
@@ -209,8 +214,7 @@ def fit_l1(
     """
     x, y, size = _check_common(model, X, y, batch_size, lr, lr_schedule, seed)
     loop = LoopOptions(epochs, progress, callback, checkpoint, checkpoint_every, resume, desc="l1")
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold >= 0:
-        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    threshold = check_nonnegative(threshold, "threshold")
     net = _trainable_net(model).to(device=x.device, dtype=x.dtype)
     factors = _l1_factors(l1, net, x.shape[0])
     pyro.set_rng_seed(seed)

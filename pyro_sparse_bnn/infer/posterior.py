@@ -58,10 +58,14 @@ class Posterior:
         return {k: signal_to_noise(*m) for k, m in result.weight_moments().items()}
 
     def prune(
-        self, result: FitResult, masks: Mapping[str, Tensor], example_input: Tensor | None
+        self,
+        result: FitResult,
+        masks: Mapping[str, Tensor],
+        example_input: Tensor | None,
+        inputs: str,
     ) -> nn.Module:
-        """The smaller plain network of ``result`` under ``masks``."""
-        return prune_result(result, masks, example_input)
+        """The smaller plain network of ``result`` under ``masks`` (``inputs``: see ``prune``)."""
+        return prune_result(result, masks, example_input, inputs)
 
 
 class GuidePosterior(Posterior):
@@ -70,12 +74,20 @@ class GuidePosterior(Posterior):
 
     def __init__(self, guide: Any) -> None:
         self.guide = guide
+        self._cache: tuple[tuple, dict[str, tuple[Tensor, Tensor]]] | None = None
 
     def weight_moments(self, result: FitResult) -> dict[str, tuple[Tensor, Tensor]]:
-        exact = self.guide.exact_moments(result.model, result.weight_sites)
-        return {
-            k: exact[k] if k in exact else moments(result.samples[k]) for k in result.weight_sites
-        }
+        """Computed once (a Monte Carlo pass over the scale sites for a non-centred prior) and
+        again only if the guide's parameters change in place (their ``_version`` counters)."""
+        key = (id(result), tuple(p._version for p in self.guide.parameters()))
+        if self._cache is None or self._cache[0] != key:
+            exact = self.guide.exact_moments(result.model, result.weight_sites)
+            found = {
+                k: exact[k] if k in exact else moments(result.samples[k])
+                for k in result.weight_sites
+            }
+            self._cache = (key, found)
+        return dict(self._cache[1])
 
 
 class ARDPosterior(Posterior):
@@ -102,10 +114,14 @@ class GatedPosterior(Posterior):
         self.network = network
 
     def prune(
-        self, result: FitResult, masks: Mapping[str, Tensor], example_input: Tensor | None
+        self,
+        result: FitResult,
+        masks: Mapping[str, Tensor],
+        example_input: Tensor | None,
+        inputs: str,
     ) -> nn.Module:
         x = result.x[:1] if example_input is None else example_input
-        return prune(self.network.plain_network(), x)
+        return prune(self.network.plain_network(), x, inputs=inputs)
 
 
 def guide_posterior(guide: Any) -> Posterior:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from torch import Tensor
 from .. import arviz as psb_arviz
 from .. import guides, metrics
 from .._version import __version__
+from ..dtypes import data_dtype, to_fit_dtype
 from ..io import atomic_path, read_tagged
 from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
@@ -117,8 +118,13 @@ class FitResult:
             f"weights kept {stats['n_kept']} of {stats['n_weights']} ({rule}))"
         )
 
+    def _check_data(self, x: Any, y: Any = None) -> tuple[Tensor, Tensor | None]:
+        """``check_xy``, then floating data converted to the dtype of the fit (:mod:`dtypes`)."""
+        x, y = check_xy(x, y, model=self.model)
+        return to_fit_dtype(x, self.x.dtype), to_fit_dtype(y, self.x.dtype)
+
     def _find_weight_sites(self) -> list[str]:
-        with torch.no_grad():
+        with torch.no_grad(), data_dtype(self.x.dtype):
             trace = poutine.trace(poutine.condition(self.model, self._flat_draw(0))).get_trace(
                 self.x[:1]
             )
@@ -146,7 +152,8 @@ class FitResult:
         if num_samples is not None:
             check_positive_int(num_samples, "num_samples")
             if self.guide is not None:
-                fresh = guides.draw(self.model, self.guide, self.x[:1], num_samples)
+                with data_dtype(self.x.dtype):
+                    fresh = guides.draw(self.model, self.guide, self.x[:1], num_samples)
                 return {k: v[0] for k, v in fresh.items()}
             total = self.num_chains * self.num_draws
             if num_samples > total:
@@ -213,7 +220,7 @@ class FitResult:
         if data is None:
             losses = partial(self._training_losses, in_sample=not self._loo_reliable())
         elif isinstance(data, tuple | list) and len(data) == 2:
-            x, y = check_xy(*data, model=self.model)
+            x, y = self._check_data(*data)
             losses = partial(self._losses, x, y)
         else:
             raise TypeError(f"data must be a pair (x, y) of held-out data, got {data!r}")
@@ -234,14 +241,24 @@ class FitResult:
 
     @isolated
     def prune(
-        self, threshold: float | None = None, example_input: Tensor | None = None, by: str = "snr"
+        self,
+        threshold: float | None = None,
+        example_input: Tensor | None = None,
+        by: str = "snr",
+        *,
+        inputs: str = "keep",
     ) -> Any:
         """A plain, smaller ``nn.Sequential``: posterior-mean weights outside
         :meth:`masks` ``(threshold, by)`` zeroed and dead neurons/channels removed
-        (``exp(-1.5)`` is SparseVD's ``log_alpha > 3``). Its outputs equal the masked network's."""
+        (``exp(-1.5)`` is SparseVD's ``log_alpha > 3``). Its outputs equal the masked network's.
+        It is made of torch modules only (``torch.save(small)`` loads without this package);
+        ``inputs="select"`` drops unread input features (see :func:`~pyro_sparse_bnn.prune.prune`).
+        """
+        if inputs not in ("keep", "select"):
+            raise ValueError(f"inputs must be 'keep' or 'select', got {inputs!r}")
         if example_input is not None:
-            example_input = check_xy(example_input, model=self.model)[0]
-        return self.posterior.prune(self, self.masks(threshold, by), example_input)
+            example_input = self._check_data(example_input)[0]
+        return self.posterior.prune(self, self.masks(threshold, by), example_input, inputs)
 
     @isolated
     def compression(self, threshold: float | None = None, by: str = "snr") -> dict:
@@ -290,7 +307,8 @@ class FitResult:
         """Per draw and row: class ``probs`` or ``mean``/``variance`` of the observation model,
         ``log_lik`` of ``y`` and, with ``sample``, a posterior predictive ``sample``."""
         draws = self._masked_draws(masked, threshold)
-        return self._predictive.summaries(x, y, draws, sample=sample)
+        with data_dtype(self.x.dtype):
+            return self._predictive.summaries(x, y, draws, sample=sample)
 
     @isolated
     def predict(
@@ -305,7 +323,7 @@ class FitResult:
         ``result.masks(by="ard")``) those masks apply and ``threshold`` is not used.
         ``evaluate`` and ``pointwise_log_likelihood`` alike.
         """
-        x, _ = check_xy(x, model=self.model)
+        x, _ = self._check_data(x)
         out = self._summaries(x, None, masked=masked, threshold=threshold)
         if "probs" in out:
             return {"probs": out["probs"].mean(0), "draw_probs": out["probs"]}
@@ -317,7 +335,7 @@ class FitResult:
         self, x: Tensor, y: Tensor, *, masked: Masking = False, threshold: float | None = None
     ) -> Tensor:
         """``log p(y_i | x_i, draw)`` for every draw and row: shape ``(chain, draw, n)``."""
-        x, y = check_xy(x, y, model=self.model)
+        x, y = self._check_data(x, y)
         out = self._summaries(x, y, masked=masked, threshold=threshold)
         return out["log_lik"].reshape(self.num_chains, self.num_draws, -1)
 
@@ -329,7 +347,7 @@ class FitResult:
 
         NLL is the exact Monte Carlo predictive ``-mean_i log mean_s p(y_i | draw_s)``.
         """
-        x, y = check_xy(x, y, model=self.model)
+        x, y = self._check_data(x, y)
         out = self._summaries(x, y, masked=masked, threshold=threshold)
         ll = out["log_lik"]
         nll = float(-(torch.logsumexp(ll, 0) - math.log(ll.shape[0])).mean())
@@ -406,7 +424,7 @@ class FitResult:
         """
         if (x is None) != (y is None):
             raise ValueError("to_arviz needs both x and y, or neither (the training data)")
-        x, y = (self.x, self.y) if x is None else check_xy(x, y, model=self.model)
+        x, y = (self.x, self.y) if x is None else self._check_data(x, y)
         check_seed(seed)
         pyro.set_rng_seed(seed)
         out = self._summaries(x, y, masked=False, threshold=None, sample=True)
@@ -433,16 +451,20 @@ class FitResult:
 
     @isolated
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the result (model, guide, draws, data, info, RNG state) to ``path`` atomically.
+        """Write the result (model, guide, draws, data, info) to ``path`` atomically.
 
         A hand-written model must be importable by name (a module-level function) to be saved.
+        An optimiser in ``info`` is saved as its ``state_dict()``.
         """
         payload = {
             "format": FILE_FORMAT,
             "format_version": FILE_FORMAT_VERSION,
             "package_version": __version__,
-            "rng_state": pyro.util.get_rng_state(),
             **{k: getattr(self, k) for k in _SAVED},
+            "info": {  # an optimiser's state holds a defaultdict, which a safe load cannot build
+                k: v.state_dict() if isinstance(v, torch.optim.Optimizer) else v
+                for k, v in self.info.items()
+            },
         }
         with atomic_path(path) as tmp:
             try:
@@ -456,9 +478,15 @@ class FitResult:
 
     @classmethod
     @isolated
-    def load(cls, path: str | os.PathLike) -> FitResult:
-        """Read a result written by :meth:`save`; a clear ``ValueError`` for a bad file."""
-        payload = read_tagged(path, FILE_FORMAT, "path", weights_only=False)
+    def load(cls, path: str | os.PathLike, *, trusted: Sequence[Any] = ()) -> FitResult:
+        """Read a result written by :meth:`save`; a clear ``ValueError`` for a bad file.
+
+        Loading runs no code from the file (``torch.load(weights_only=True)``): it rebuilds
+        tensors, plain values and the classes of torch, Pyro and this toolkit only. A result
+        whose model is your own function or module class loads when you pass that object in
+        ``trusted`` (the error names it), which says you trust the file.
+        """
+        payload = read_tagged(path, FILE_FORMAT, "path", trusted=trusted)
         if payload["format_version"] != FILE_FORMAT_VERSION:
             raise ValueError(
                 f"{str(path)!r} has file format {payload['format_version']} (written by "

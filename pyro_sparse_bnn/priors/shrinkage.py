@@ -7,6 +7,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from ..validation import check_number
 from .base import Groups, Prior, _mixing_site, _positive, _right_pad
 
 __all__ = [
@@ -197,10 +198,9 @@ class SpikeAndSlab(Prior):
         centered: bool = False,
     ) -> None:
         super().__init__(groups=groups, centered=centered)
-        if isinstance(inclusion_prob, bool) or not isinstance(inclusion_prob, int | float):
-            raise TypeError(f"inclusion_prob must be a number, got {inclusion_prob!r}")
-        if not 0 < inclusion_prob < 1:
-            raise ValueError(f"inclusion_prob must lie in (0, 1), got {inclusion_prob!r}")
+        inclusion_prob = check_number(
+            inclusion_prob, "inclusion_prob", low=0, high=1, low_open=True, high_open=True
+        )
         spike, slab = _positive("spike_scale", spike_scale), _positive("slab_scale", slab_scale)
         if spike >= slab:
             raise ValueError(f"spike_scale ({spike}) must be smaller than slab_scale ({slab})")
