@@ -3,8 +3,10 @@
 * :func:`load` returns a seeded (stratified, for classification) train/test split of ``"iris"``,
   ``"digits"``, ``"breast_cancer"`` or ``"diabetes"``, standardised with the training split's
   statistics. Nothing is downloaded.
-* :func:`load_mnist` reads the official MNIST test-set IDX files (10,000 digits) and splits them
-  into a seeded 8,000 train / 2,000 test split; :func:`read_idx` is the general IDX reader.
+* :func:`load_mnist` reads the official MNIST test-set IDX files (10,000 digits, shipped with the
+  package) and splits them into a seeded 8,000 train / 2,000 test split; with ``official=True``
+  it returns the official 60,000 / 10,000 split, downloading the training files into a cache
+  (:func:`mnist_cache_dir`) the first time. :func:`read_idx` is the general IDX reader.
 * :func:`sparse_regression` and :func:`large_p_small_n` simulate sparse linear regressions.
 
 Randomness comes only from a ``numpy.random.Generator`` (splits) or a ``torch.Generator``
@@ -16,7 +18,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from numbers import Integral
 from os import PathLike
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import download as _dl
+
 __all__ = [
     "DATASETS",
     "SPLITS",
@@ -32,6 +37,7 @@ __all__ = [
     "large_p_small_n",
     "load",
     "load_mnist",
+    "mnist_cache_dir",
     "read_idx",
     "sparse_regression",
 ]
@@ -63,6 +69,23 @@ MNIST_SHIPPED = Path(__file__).resolve().parent / "data" / "mnist10k"
 """The MNIST-10k files shipped with the package (the default of :func:`load_mnist`)."""
 MNIST_IMAGES = "t10k-images-idx3-ubyte"
 MNIST_LABELS = "t10k-labels-idx1-ubyte"
+MNIST_OFFICIAL = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": (MNIST_IMAGES, MNIST_LABELS),
+}
+"""The IDX file stems (without ``.gz``) of the official train and test sets."""
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+"""Where :func:`load_mnist` downloads missing MNIST files from, tried in order."""
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+"""The MD5 sums of the official gzip files, checked on download and on reading the cache."""
 
 
 def _check_split(split: str) -> None:
@@ -211,44 +234,166 @@ def _find_idx(root: Path, stem: str, sums: dict[str, str], verify: bool) -> Path
     raise FileNotFoundError(f"MNIST file not found: {root / stem}.gz (or uncompressed {stem})")
 
 
+def mnist_cache_dir() -> Path:
+    """Where :func:`load_mnist` keeps downloaded MNIST files when no ``cache_dir`` is given.
+
+    ``$PSBNN_DATA/mnist``, else ``$XDG_CACHE_HOME/pyro_sparse_bnn/mnist``, else
+    ``~/.cache/pyro_sparse_bnn/mnist`` (see :func:`pyro_sparse_bnn.download.cache_dir`).
+
+    >>> mnist_cache_dir().name
+    'mnist'
+    """
+    return _dl.cache_dir("mnist")
+
+
+def _mnist_file(
+    stem: str,
+    root: Path | None,
+    cache: Path,
+    *,
+    verify: bool,
+    download: bool,
+    mirrors: tuple[str, ...],
+    timeout: float,
+    progress: bool,
+) -> Path:
+    """The path of MNIST file ``stem``: from ``root``, else shipped, else cached or downloaded."""
+    if root is not None:
+        return _find_idx(root, stem, _md5sums(root), verify)
+    name = f"{stem}.gz"
+    if (MNIST_SHIPPED / name).is_file():
+        return _find_idx(MNIST_SHIPPED, stem, _md5sums(MNIST_SHIPPED), verify)
+    target, expected = cache / name, MNIST_MD5[name]
+    if target.is_file() and not verify:
+        return target
+    if download:
+        urls = [f"{mirror.rstrip('/')}/{name}" for mirror in mirrors]
+        return _dl.download(urls, target, md5=expected, timeout=timeout, progress=progress)
+    if not target.is_file():
+        raise FileNotFoundError(
+            f"MNIST file {name} is not in the cache {cache} and download=False. Call "
+            f"load_mnist(..., download=True) to fetch it from {mirrors[0]} (11 MB for all four "
+            "files), or pass root= a directory holding the official IDX files"
+        )
+    digest = _dl.md5sum(target)
+    if digest != expected:
+        raise ValueError(
+            f"MD5 mismatch for {target}: got {digest}, expected {expected}; delete the file or "
+            "pass download=True to fetch it again"
+        )
+    return target
+
+
+def _check_path(value: object, name: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | PathLike):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {value!r}")
+    return Path(value)
+
+
 def load_mnist(
     root: str | PathLike[str] | None = None,
     split: str = "train",
     *,
-    n_train: int = 8000,
+    n_train: int | None = None,
     seed: int = 0,
     verify: bool = True,
+    official: bool = False,
+    download: bool = True,
+    cache_dir: str | PathLike[str] | None = None,
+    mirrors: Sequence[str] | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
 ) -> tuple[Tensor, Tensor]:
-    """Load the 10,000-image MNIST test set, seeded 8,000 train / 2,000 test split.
+    """Load MNIST: by default a seeded 8,000 / 2,000 split of the 10,000-image test set.
 
-    Without ``root`` the copy shipped with the package (CC BY-SA 3.0, see its README). Reads
-    ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz`` (or their uncompressed
-    versions) from ``root``; with ``verify=True`` each file listed in ``root/MD5SUMS`` is checked
-    against its MD5 sum. A random permutation seeded by ``seed`` sends ``n_train`` images to train
-    and the rest to test (not stratified); ``split="all"`` returns all images in file order and
-    ignores ``n_train``.
+    With ``official=False`` (the default) only the official test set is read
+    (``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``) and a random permutation
+    seeded by ``seed`` sends ``n_train`` images (default 8,000) to train and the rest to test (not
+    stratified); ``split="all"`` returns all images in file order and ignores ``n_train``. With
+    ``official=True`` the official split is returned in file order: ``"train"`` is the 60,000
+    training images (``train-*-ubyte.gz``), ``"test"`` the 10,000 test images and ``"all"`` both
+    (train first); ``n_train`` must then be left out and ``seed`` is not used.
+
+    Where the files come from: with ``root``, that directory only (gzip or uncompressed files;
+    with ``verify=True`` each file listed in ``root/MD5SUMS`` is checked). Without it, the
+    test-set files come from the copy shipped with the package (CC BY-SA 3.0, see its README), so
+    the default needs no network; the training files come from ``cache_dir`` (default
+    :func:`mnist_cache_dir`, ``~/.cache/pyro_sparse_bnn/mnist``). A missing (or, with ``verify``,
+    corrupted) cached file is downloaded when ``download=True``: ``mirrors`` (default
+    :data:`MNIST_MIRRORS`) are tried in order, waiting at most ``timeout`` seconds for data, with a
+    progress bar unless ``progress=False``; each file is checked against its official MD5
+    (:data:`MNIST_MD5`) and written atomically (see :func:`pyro_sparse_bnn.download.download`).
+    With ``download=False`` a missing file is a ``FileNotFoundError`` saying how to get it.
     Returns ``X`` float32 of shape ``(n, 784)`` with pixels in [0, 1] and ``y`` int64 labels.
 
     >>> X, y = load_mnist(split="test")
     >>> tuple(X.shape), tuple(y.shape), float(X.max())
     ((2000, 784), (2000,), 1.0)
+    >>> X, y = load_mnist(split="test", official=True, download=False)  # shipped: no network
+    >>> tuple(X.shape), y[:3].tolist()
+    ((10000, 784), [7, 2, 1])
     """
     _check_split(split)
-    root = MNIST_SHIPPED if root is None else Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"MNIST directory not found: {root}")
-    sums = _md5sums(root)
-    images = read_idx(_find_idx(root, MNIST_IMAGES, sums, verify))
-    labels = read_idx(_find_idx(root, MNIST_LABELS, sums, verify))
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+    root_path = _check_path(root, "root")
+    cache = _check_path(cache_dir, "cache_dir")
+    for flag, flag_name in [
+        (verify, "verify"),
+        (official, "official"),
+        (download, "download"),
+        (progress, "progress"),
+    ]:
+        _dl._check_flag(flag, flag_name)
+    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)):
+        raise TypeError(f"n_train must be an integer or None, got {n_train!r}")
+    if official and n_train is not None:
+        raise ValueError("n_train applies only to official=False (the official split is fixed)")
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    mirror_urls = MNIST_MIRRORS if mirrors is None else _dl._check_urls(mirrors, "mirrors")
+    timeout = _dl._check_timeout(timeout)
+    if root_path is not None and cache is not None:
         raise ValueError(
-            f"expected images (n, rows, cols) and labels (n,), got {images.shape}, {labels.shape}"
+            "pass root (a directory to read) or cache_dir (to download into), not both"
         )
+    if root_path is not None and not root_path.is_dir():
+        raise FileNotFoundError(f"MNIST directory not found: {root_path}")
+
+    def read(stems: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        paths = [
+            _mnist_file(
+                stem,
+                root_path,
+                mnist_cache_dir() if cache is None else cache,
+                verify=verify,
+                download=download,
+                mirrors=mirror_urls,
+                timeout=timeout,
+                progress=progress,
+            )
+            for stem in stems
+        ]
+        images, labels = read_idx(paths[0]), read_idx(paths[1])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"expected images (n, rows, cols) and labels (n,), got {images.shape}, "
+                f"{labels.shape}"
+            )
+        return images, labels
+
+    if official:
+        parts = [read(MNIST_OFFICIAL[part]) for part in ("train", "test") if split in (part, "all")]
+        images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    else:
+        images, labels = read(MNIST_OFFICIAL["test"])
     X = torch.as_tensor(images.reshape(len(images), -1), dtype=torch.float32) / 255.0
     y = torch.as_tensor(labels, dtype=torch.int64)
-    if split == "all":
+    if official or split == "all":
         return X, y
-    if isinstance(n_train, bool) or not isinstance(n_train, int) or not 0 < n_train < len(images):
+    n_train = 8000 if n_train is None else n_train
+    if not 0 < n_train < len(images):
         raise ValueError(f"n_train must be an integer in [1, {len(images) - 1}], got {n_train!r}")
     order = torch.as_tensor(np.random.default_rng(seed).permutation(len(images)))
     rows = order[:n_train] if split == "train" else order[n_train:]

@@ -1,18 +1,23 @@
 import gzip
 import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from pyro_sparse_bnn import datasets
 from pyro_sparse_bnn.datasets import (
     large_p_small_n,
     load,
     load_mnist,
+    mnist_cache_dir,
     read_idx,
     sparse_regression,
 )
+from pyro_sparse_bnn.download import DownloadError, cache_dir, download, md5sum
 
 # name: (rows, features, n_test = ceil(0.25 * rows))
 SIZES = {
@@ -207,6 +212,324 @@ def test_real_mnist_split():
     counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert torch.bincount(y_all).tolist() == counts
     assert (torch.bincount(y_train, minlength=10) + torch.bincount(y_test)).tolist() == counts
+
+
+# ----------------------------------------------------------------------------- downloads
+# A real HTTP server on 127.0.0.1 serves small synthetic MNIST files; no test reaches the network
+# or the user's cache (the autouse fixture points both at nothing).
+
+TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_network_or_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets, "MNIST_MIRRORS", ("http://127.0.0.1:9/unused/",))
+    monkeypatch.setenv("PSBNN_DATA", str(tmp_path / "default-cache"))
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # a stalled client hung up: not an error
+        pass
+
+
+class LocalServer:
+    """Routes: ``path -> (mode, body)``, mode ``"ok"``, ``"partial"`` (half the promised bytes,
+    then the connection closes) or ``"stall"`` (no answer until the test ends)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[str, bytes]] = {}
+        self.requests: list[str] = []
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                if self.path not in server.routes:
+                    self.send_error(404)
+                    return
+                mode, body = server.routes[self.path]
+                if mode == "stall":
+                    server.release.wait(10)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if mode == "partial" else body)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def serve(self, path: str, body: bytes, mode: str = "ok") -> None:
+        self.routes[path] = (mode, body)
+
+
+@pytest.fixture
+def server():
+    local = LocalServer()
+    local.thread.start()
+    yield local
+    local.release.set()
+    local.httpd.shutdown()
+    local.httpd.server_close()
+    local.thread.join(5)
+
+
+def idx_gz(array: np.ndarray, tmp_path: Path) -> bytes:
+    return write_idx(tmp_path / "scratch.gz", array, compress=True).read_bytes()
+
+
+@pytest.fixture
+def train_files(tmp_path, monkeypatch):
+    """Five 28 x 28 training images as official-named gzip IDX bytes, their MD5s patched in."""
+    images = np.random.default_rng(1).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    files = {
+        TRAIN_IMAGES: idx_gz(images, tmp_path),
+        TRAIN_LABELS: idx_gz(np.array([3, 1, 4, 1, 5], dtype=np.uint8), tmp_path),
+    }
+    for name, body in files.items():
+        monkeypatch.setitem(datasets.MNIST_MD5, name, hashlib.md5(body).hexdigest())
+    return images, files
+
+
+def serve_all(server: LocalServer, prefix: str, files: dict[str, bytes], mode: str = "ok") -> str:
+    for name, body in files.items():
+        server.serve(f"{prefix}{name}", body, mode)
+    return server.url + prefix
+
+
+def listing(directory: Path) -> list[str]:
+    """Every file under ``directory`` (hidden temporary files included)."""
+    return sorted(p.name for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+
+
+def test_download_then_cache_hit(server, train_files, tmp_path):
+    images, files = train_files
+    mirror = serve_all(server, "/a/", files)
+    cache = tmp_path / "cache"
+    X, y = load_mnist(split="train", official=True, cache_dir=cache, mirrors=[mirror])
+    assert X.shape == (5, 784) and y.tolist() == [3, 1, 4, 1, 5]
+    torch.testing.assert_close(X[2], torch.as_tensor(images[2].reshape(-1) / 255.0).float())
+    assert server.requests == [f"/a/{TRAIN_IMAGES}", f"/a/{TRAIN_LABELS}"]
+    assert listing(cache) == sorted(files)  # no temporary file left behind
+    assert all(md5sum(cache / name) == datasets.MNIST_MD5[name] for name in files)
+    X2, y2 = load_mnist(split="train", official=True, cache_dir=cache, mirrors=[mirror])
+    assert torch.equal(X, X2) and torch.equal(y, y2)
+    assert len(server.requests) == 2  # the second call read the cache: no request
+
+
+def test_default_cache_dir_from_environment(server, train_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("PSBNN_DATA", str(tmp_path / "data"))
+    mirror = serve_all(server, "/a/", train_files[1])
+    load_mnist(split="train", official=True, mirrors=[mirror], progress=False)
+    assert listing(tmp_path / "data" / "mnist") == sorted(train_files[1])
+
+
+def test_second_mirror_after_404(server, train_files, tmp_path):
+    mirror = serve_all(server, "/good/", train_files[1])
+    _, y = load_mnist(
+        split="train",
+        official=True,
+        cache_dir=tmp_path / "cache",
+        mirrors=[server.url + "/missing", mirror],
+        progress=False,
+    )
+    assert y.tolist() == [3, 1, 4, 1, 5]
+    assert server.requests == [
+        f"/missing/{TRAIN_IMAGES}",
+        f"/good/{TRAIN_IMAGES}",
+        f"/missing/{TRAIN_LABELS}",
+        f"/good/{TRAIN_LABELS}",
+    ]
+
+
+def test_every_mirror_failing_names_the_urls(server, tmp_path):
+    urls = [f"{server.url}/x/file.bin", f"{server.url}/y/file.bin"]
+    with pytest.raises(DownloadError, match="every URL") as info:
+        download(urls, tmp_path / "file.bin", progress=False)
+    assert isinstance(info.value, OSError)
+    assert [url for url, _ in info.value.failures] == urls
+    assert all(f"{url}: HTTP 404" in str(info.value) for url in urls)
+    assert listing(tmp_path) == []
+
+
+def test_checksum_mismatch_leaves_no_file(server, train_files, tmp_path, monkeypatch):
+    mirror = serve_all(server, "/a/", train_files[1])
+    monkeypatch.setitem(datasets.MNIST_MD5, TRAIN_IMAGES, "0" * 32)
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="checksum mismatch") as info:
+        load_mnist(split="train", official=True, cache_dir=cache, mirrors=[mirror], progress=False)
+    assert f"{mirror}{TRAIN_IMAGES}" in str(info.value) and "0" * 32 in str(info.value)
+    assert listing(cache) == []
+
+
+def test_bad_mirror_then_good_mirror(server, tmp_path):
+    body = b"the right bytes"
+    server.serve("/bad/f.bin", b"the wrong bytes")
+    server.serve("/good/f.bin", body)
+    urls = [f"{server.url}/bad/f.bin", f"{server.url}/good/f.bin"]
+    path = download(urls, tmp_path / "f.bin", md5=hashlib.md5(body).hexdigest(), progress=False)
+    assert path.read_bytes() == body and listing(tmp_path) == ["f.bin"]
+
+
+def test_truncated_transfer_leaves_no_file(server, train_files, tmp_path):
+    mirror = serve_all(server, "/a/", train_files[1], mode="partial")
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match="transfer ended after") as info:
+        load_mnist(split="train", official=True, cache_dir=cache, mirrors=[mirror], progress=False)
+    assert f"{mirror}{TRAIN_IMAGES}" in str(info.value)
+    assert listing(cache) == []
+
+
+def test_interrupted_download_leaves_no_file(server, tmp_path, monkeypatch):
+    import tqdm.auto
+
+    class Interrupting(tqdm.auto.tqdm):
+        def update(self, n=1):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Interrupting)
+    server.serve("/f.bin", b"x" * 1000)
+    with pytest.raises(KeyboardInterrupt):  # not taken for a failed mirror
+        download([f"{server.url}/f.bin", f"{server.url}/f.bin"], tmp_path / "f.bin")
+    assert listing(tmp_path) == [] and server.requests == ["/f.bin"]
+
+
+def test_timeout_moves_on_to_the_next_mirror(server, tmp_path):
+    server.serve("/slow/f.bin", b"late", mode="stall")
+    server.serve("/fast/f.bin", b"on time")
+    urls = [f"{server.url}/slow/f.bin", f"{server.url}/fast/f.bin"]
+    path = download(urls, tmp_path / "f.bin", timeout=0.2, progress=False)
+    assert path.read_bytes() == b"on time"
+    with pytest.raises(DownloadError, match="timeout"):
+        download(urls[:1], tmp_path / "g.bin", timeout=0.2, progress=False)
+    assert listing(tmp_path) == ["f.bin"]
+
+
+def test_download_false_with_empty_cache(server, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(FileNotFoundError, match="download=True") as info:
+        load_mnist(split="train", official=True, cache_dir=cache, download=False)
+    assert TRAIN_IMAGES in str(info.value) and str(cache) in str(info.value)
+    assert not cache.exists() and server.requests == []
+
+
+def test_corrupted_cache_file(server, train_files, tmp_path):
+    mirror = serve_all(server, "/a/", train_files[1])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / TRAIN_IMAGES).write_bytes(b"garbage")
+    (cache / TRAIN_LABELS).write_bytes(train_files[1][TRAIN_LABELS])
+    with pytest.raises(ValueError, match="MD5 mismatch"):
+        load_mnist(split="train", official=True, cache_dir=cache, download=False)
+    X, _ = load_mnist(split="train", official=True, cache_dir=cache, mirrors=[mirror])
+    assert X.shape == (5, 784) and server.requests == [f"/a/{TRAIN_IMAGES}"]  # refetched
+
+
+def test_progress_bar_can_be_disabled(server, train_files, tmp_path, capsys):
+    mirror = serve_all(server, "/a/", train_files[1])
+    load_mnist(
+        split="train", official=True, cache_dir=tmp_path / "c1", mirrors=[mirror], progress=False
+    )
+    assert capsys.readouterr().err == ""
+    load_mnist(split="train", official=True, cache_dir=tmp_path / "c2", mirrors=[mirror])
+    err = capsys.readouterr().err
+    assert TRAIN_IMAGES in err and TRAIN_LABELS in err
+
+
+def test_official_test_split_is_shipped(server, train_files, tmp_path):
+    """The official test set needs no download; ``"all"`` is train then test."""
+    X_test, y_test = load_mnist(split="test", official=True, download=False)
+    assert X_test.shape == (10_000, 784) and y_test[0] == 7
+    mirror = serve_all(server, "/a/", train_files[1])
+    X_all, y_all = load_mnist(
+        split="all", official=True, cache_dir=tmp_path / "c", mirrors=[mirror], progress=False
+    )
+    assert X_all.shape == (10_005, 784)
+    assert y_all[:5].tolist() == [3, 1, 4, 1, 5] and torch.equal(y_all[5:], y_test)
+    assert len(server.requests) == 2  # the training files only
+
+
+def test_official_split_from_a_user_directory(tmp_path, server):
+    make_fake_mnist(tmp_path, n=6)
+    write_idx(tmp_path / TRAIN_IMAGES, np.zeros((4, 28, 28), dtype=np.uint8), compress=True)
+    write_idx(tmp_path / TRAIN_LABELS, np.arange(4, dtype=np.uint8), compress=True)
+    X, y = load_mnist(tmp_path, "train", official=True)
+    assert X.shape == (4, 784) and y.tolist() == [0, 1, 2, 3]
+    assert load_mnist(tmp_path, "all", official=True)[0].shape == (10, 784)
+    assert server.requests == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        load_mnist(empty, official=True)  # a user directory is read, never downloaded into
+
+
+def test_cache_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("PSBNN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert mnist_cache_dir() == tmp_path / "data" / "mnist"
+    monkeypatch.setenv("PSBNN_DATA", "")
+    assert mnist_cache_dir() == tmp_path / "xdg" / "pyro_sparse_bnn" / "mnist"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # ignored, as the XDG spec says
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "pyro_sparse_bnn"
+    assert not (tmp_path / "home").exists()  # nothing created
+
+
+def test_cached_file_is_not_requested_again(server, tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"already here")
+    assert download([f"{server.url}/f.bin"], path) == path
+    assert download([f"{server.url}/f.bin"], path, md5=md5sum(path)) == path
+    assert server.requests == [] and path.read_bytes() == b"already here"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mirrors": "http://127.0.0.1/"}, TypeError, "mirrors"),
+        ({"mirrors": []}, ValueError, "mirrors"),
+        ({"mirrors": ["ftp://127.0.0.1/"]}, ValueError, "mirrors"),
+        ({"timeout": 0}, ValueError, "timeout"),
+        ({"timeout": float("nan")}, ValueError, "timeout"),
+        ({"progress": "no"}, TypeError, "progress"),
+        ({"download": 1}, TypeError, "download"),
+        ({"official": None}, TypeError, "official"),
+        ({"official": True, "n_train": 100}, ValueError, "n_train"),
+        ({"n_train": 1.5}, TypeError, "n_train"),
+        ({"seed": "0"}, TypeError, "seed"),
+        ({"cache_dir": 3}, TypeError, "cache_dir"),
+        ({"root": ".", "cache_dir": "."}, ValueError, "cache_dir"),
+        ({"split": "validation", "official": True}, ValueError, "split"),
+    ],
+)
+def test_load_mnist_rejects_bad_arguments_before_any_work(server, kwargs, error, match, tmp_path):
+    with pytest.raises(error, match=match):
+        load_mnist(**kwargs)
+    assert server.requests == [] and listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"urls": "http://127.0.0.1/f"}, TypeError, "urls"),
+        ({"urls": [b"http://127.0.0.1/f"]}, TypeError, "urls"),
+        ({"md5": "abc"}, ValueError, "md5"),
+        ({"timeout": -1.0}, ValueError, "timeout"),
+        ({"path": 5}, TypeError, "path"),
+    ],
+)
+def test_download_rejects_bad_arguments(kwargs, error, match, tmp_path):
+    call = {"urls": ["http://127.0.0.1:9/f"], "path": tmp_path / "f", **kwargs}
+    with pytest.raises(error, match=match):
+        download(call.pop("urls"), call.pop("path"), **call)
+    assert listing(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- synthetic
