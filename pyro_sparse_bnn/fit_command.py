@@ -4,8 +4,9 @@ The data set is a built-in name (:data:`pyro_sparse_bnn.datasets.DATASETS`), a d
 the MNIST IDX files (:func:`~pyro_sparse_bnn.datasets.load_mnist`), or a file:
 
 * ``.npz`` with arrays ``X`` and ``y`` (and optionally ``X_test``, ``y_test``);
-* ``.csv`` of numbers, one row per example, the target in the last column (or ``--target``),
-  with an optional header row;
+* ``.csv``, one row per example, the target in the last column (or ``--target``), with an
+  optional header row whose names reach ``metrics.json`` and the plots; a target of strings is a
+  classification, its labels numbered in sorted order (``metrics.json`` lists them);
 * an IDX file of inputs (raw or gzip; uint8 pixels are scaled to [0, 1]) with its labels in
   ``--labels`` or, by the MNIST naming, in the ``labels-idx1`` file beside it.
 
@@ -30,6 +31,7 @@ psbnn fit: iris (built-in), svi with a horseshoe prior: test accuracy ... weight
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import inspect
 import json
@@ -71,13 +73,16 @@ TASKS = ("auto", "classification", "regression")
 
 
 class Data(NamedTuple):
-    """Train and test tensors of a data set, and where they came from."""
+    """Train and test tensors of a data set, where they came from, and the names the file gave
+    its features and class labels (class ``i`` is ``class_names[i]``)."""
 
     X_train: Tensor
     y_train: Tensor
     X_test: Tensor
     y_test: Tensor
     source: str
+    feature_names: list[str] | None = None
+    class_names: list[str] | None = None
 
 
 def _split(X: np.ndarray, y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -89,29 +94,57 @@ def _split(X: np.ndarray, y: np.ndarray, test_size: float, seed: int) -> tuple[n
     return X[train], y[train], X[test], y[test]
 
 
-def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
-    first = path.read_text().split("\n", 1)[0].split(",")
+def _number(text: str) -> bool:
     try:
-        [float(v) for v in first]
-        header = None
+        float(text)
     except ValueError:
-        header = [v.strip() for v in first]
-    try:
-        table = np.loadtxt(path, delimiter=",", skiprows=int(header is not None), ndmin=2)
-    except ValueError as err:
-        raise ValueError(f"{path}: not a table of numbers ({err})") from None
-    column = table.shape[1] - 1
+        return False
+    return True
+
+
+def _read_csv(
+    path: Path, target: str | None
+) -> tuple[np.ndarray, np.ndarray, list[str] | None, list[str] | None]:
+    """Features, targets (class indices for string labels), feature names and class names.
+
+    The first row is a header when some cell of it is not a number although the cell below it
+    is, or when no cell of it is a number.
+    """
+    with path.open(newline="") as f:
+        rows = [[cell.strip() for cell in row] for row in csv.reader(f) if row]
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise ValueError(f"{path}: needs a feature column, the target and at least two rows")
+    first, second = rows[0], rows[1]
+    header = None
+    if not any(map(_number, first)) or any(
+        not _number(a) and _number(b) for a, b in zip(first, second, strict=False)
+    ):
+        header, rows = first, rows[1:]
+    width = len(rows[0])
+    if any(len(row) != width for row in rows) or (header and len(header) != width):
+        raise ValueError(f"{path}: rows have different numbers of columns")
+    column = width - 1
     if target is not None:
-        names = header or []
-        if target in names:
-            column = names.index(target)
-        elif target.lstrip("-").isdigit() and -table.shape[1] <= int(target) < table.shape[1]:
-            column = int(target) % table.shape[1]
+        if header and target in header:
+            column = header.index(target)
+        elif target.lstrip("-").isdigit() and -width <= int(target) < width:
+            column = int(target) % width
         else:
             raise ValueError(f"--target {target!r} is neither a column name nor index of {path}")
-    if table.shape[1] < 2:
-        raise ValueError(f"{path}: needs at least one feature column and the target")
-    return np.delete(table, column, axis=1), table[:, column]
+    features = [[v for i, v in enumerate(row) if i != column] for row in rows]
+    try:
+        X = np.array(features, dtype=np.float64)
+    except ValueError as err:
+        raise ValueError(f"{path}: the features are not a table of numbers ({err})") from None
+    labels = [row[column] for row in rows]
+    class_names = None
+    if all(map(_number, labels)):
+        y = np.array(labels, dtype=np.float64)
+    else:
+        class_names = sorted(set(labels))
+        y = np.array([class_names.index(v) for v in labels], dtype=np.int64)
+    names = None if header is None else [v for i, v in enumerate(header) if i != column]
+    return X, y, names, class_names
 
 
 def _labels_beside(images: Path) -> Path:
@@ -158,6 +191,7 @@ def load_data(
         X_test, y_test = datasets.load(spec, "test", test_size=test_size, seed=seed)
         return Data(X, y, X_test, y_test, f"{spec} (built-in)")
     path = Path(spec)
+    feature_names = class_names = None
     if not path.exists():
         raise ValueError(
             f"dataset {spec!r} is neither a built-in name {list(datasets.DATASETS)} nor an "
@@ -176,7 +210,7 @@ def load_data(
         X, y = X.reshape(len(X), -1), y.reshape(len(y))
         parts = (X, y, arrays["X_test"], arrays["y_test"]) if "X_test" in arrays else None
     elif path.suffix == ".csv":
-        X, y = _read_csv(path, target)
+        X, y, feature_names, class_names = _read_csv(path, target)
         parts = None
     elif _is_idx(path):
         X, y = _read_idx_pair(path, None if labels is None else Path(labels))
@@ -197,6 +231,8 @@ def load_data(
         _floats(X_test),
         torch.as_tensor(y_test),
         str(path),
+        feature_names,
+        class_names,
     )
 
 
@@ -211,6 +247,8 @@ def _is_integral(y: Tensor) -> bool:
 def _targets(data: Data, task: str) -> tuple[Data, bool]:
     """Targets as int64 labels (classification) or float32 (regression)."""
     classify = _is_integral(data.y_train) if task == "auto" else task == "classification"
+    if data.class_names is not None and not classify:
+        raise ValueError("the target holds strings (class labels): --task regression needs numbers")
     if classify:
         if not (_is_integral(data.y_train) and _is_integral(data.y_test)):
             raise ValueError("classification needs integer class labels in the target")
@@ -284,21 +322,54 @@ def _dataset(text: str) -> str:
     )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help (those that say something); the epilog's table as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        unset = action.default is None or action.default is False or action.default == []
+        if unset or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _prior_keys() -> str:
+    """The ``--prior-arg`` keys of every ``--prior``, with their defaults."""
+    lines = ["--prior-arg keys (defaults):"]
+    for name, cls in sorted(PRIORS.items()):
+        keys = [
+            f"{p.name}={p.default}"
+            for p in inspect.signature(cls).parameters.values()
+            if isinstance(p.default, int | float) and not isinstance(p.default, bool)
+        ]
+        lines.append(f"  {name}: {', '.join(keys) or '(none)'}")
+    return "\n".join(lines)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``fit`` subcommand to ``psbnn``'s subparsers; return its parser."""
     fit = subparsers.add_parser(
         "fit",
         help="train a sparse BNN on a data set",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
+        epilog=_prior_keys(),
     )
-    fit.add_argument("dataset", type=_dataset, help="built-in name, MNIST directory or file")
+    names = ", ".join(datasets.DATASETS)
+    fit.add_argument(
+        "dataset", type=_dataset, help=f"built-in name ({names}), MNIST directory, or a "
+        ".npz/.csv/IDX file"
+    )
     fit.add_argument("--output", "-o", required=True, type=Path, help="output directory")
     fit.add_argument("--hidden", type=_positive_int, nargs="*", default=[50], help="hidden sizes")
-    fit.add_argument("--prior", choices=sorted(PRIORS), default="horseshoe")
-    fit.add_argument("--prior-arg", action="append", default=[], metavar="KEY=VALUE")
-    fit.add_argument("--method", choices=sorted(METHODS), default="svi")
+    fit.add_argument("--prior", choices=sorted(PRIORS), default="horseshoe", help="weight prior")
+    fit.add_argument(
+        "--prior-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="a keyword of the prior (repeatable; keys below)",
+    )
+    fit.add_argument("--method", choices=sorted(METHODS), default="svi", help="inference method")
     fit.add_argument("--guide", choices=sorted(GUIDES), default=None, help="svi posterior family")
-    fit.add_argument("--task", choices=TASKS, default="auto")
+    fit.add_argument(
+        "--task", choices=TASKS, default="auto", help="auto: integer or string targets classify"
+    )
     fit.add_argument("--epochs", type=_positive_int, help="passes over the data (method default)")
     fit.add_argument("--batch-size", type=_positive_int, default=None, help="global minibatch")
     fit.add_argument("--lr", type=_positive_float, help="learning rate (method default)")
@@ -315,8 +386,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     fit.add_argument("--devices", type=_positive_int, default=None, help="train with Lightning")
     fit.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp")
     fit.add_argument("--accelerator", default="auto", help="Lightning accelerator")
-    fit.add_argument("--num-nodes", type=_positive_int, default=1)
-    fit.add_argument("--no-plots", action="store_true")
+    fit.add_argument("--num-nodes", type=_positive_int, default=1, help="Lightning nodes")
+    fit.add_argument("--no-plots", action="store_true", help="write no figures")
     fit.add_argument("--quiet", action="store_true", help="no progress bar (the result is shown)")
     fit.set_defaults(fit_parser=fit)
     return fit
@@ -430,6 +501,7 @@ def run(args: argparse.Namespace) -> int:
         return 0  # under DDP only the first process writes
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
+    result.info |= {"feature_names": data.feature_names, "class_names": data.class_names}
     result.save(out / "result.pt")
     stats = result.compression()
     metrics = {
@@ -437,6 +509,8 @@ def run(args: argparse.Namespace) -> int:
         "n_train": len(data.X_train),
         "n_test": len(data.X_test),
         "task": "classification" if classify else "regression",
+        "features": data.feature_names,
+        "classes": data.class_names,
         "network": [data.X_train.shape[1], *args.hidden, bnn.out_features],
         "prior": args.prior,
         "prior_args": _prior_args(args.prior_arg),

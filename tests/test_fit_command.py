@@ -133,7 +133,7 @@ def test_idx_images_with_mnist_named_labels(tmp_path, compress):
 )
 def test_bad_input_is_a_usage_error_with_one_clear_line(argv, message, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
-    bad.write_text("a,b\n1,x\n")
+    bad.write_text("a,b\nx,1\n")
     argv = [str(bad) if a == "BAD_CSV" else str(tmp_path / a) if a == "out" else a for a in argv]
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -192,3 +192,47 @@ def test_a_bad_test_split_fails_before_training(tmp_path, capsys):
         main(["fit", str(tmp_path / "d.npz"), "-o", str(tmp_path / "out"), "--epochs", "2"])
     assert "the test split: X contains NaN" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_csv_header_names_and_string_labels_reach_the_outputs(tmp_path):
+    """A header's feature names and a string target's labels (numbered in sorted order) reach
+    metrics.json and the saved result; each row keeps its own label."""
+    X, y = psb.datasets.load("iris")
+    names = np.array(["setosa", "versicolor", "virginica"])[y.numpy()]
+    lines = ["sepal length,sepal width,species,petal length,petal width"]
+    rows = zip(X.tolist(), names, strict=True)
+    lines += [f"{a},{b},{label},{c},{d}" for (a, b, c, d), label in rows]
+    (tmp_path / "iris.csv").write_text("\n".join(lines) + "\n")
+    data = load_data(str(tmp_path / "iris.csv"), target="species", seed=0)
+    assert data.feature_names == ["sepal length", "sepal width", "petal length", "petal width"]
+    assert data.class_names == ["setosa", "versicolor", "virginica"]
+    rows = torch.cat([data.X_train, data.X_test])
+    labels = torch.cat([data.y_train, data.y_test])
+    for row, label in zip(rows[:10], labels[:10], strict=True):  # the label travelled with its row
+        source = (X - row).abs().sum(1).argmin()
+        assert label == y[source]
+    out = tmp_path / "out"
+    argv = ["fit", str(tmp_path / "iris.csv"), "--target", "species", "--hidden", "4"]
+    assert main([*argv, "--epochs", "3", "--no-plots", "--quiet", "-o", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["features"] == data.feature_names and metrics["classes"] == data.class_names
+    assert psb.load(out / "result.pt").info["class_names"] == data.class_names
+    with pytest.raises(SystemExit):
+        main([*argv, "--task", "regression", "-o", str(out)])
+
+
+def test_the_default_iris_fit_prunes_and_stays_accurate(tmp_path):
+    """``psbnn fit iris`` with every default keeps fewer than half of the 350 weights at test
+    accuracy >= 0.9, pruned."""
+    assert main(["fit", "iris", "-o", str(tmp_path), "--no-plots", "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_weights"] == 350 and metrics["n_kept"] < 175
+    assert metrics["test_pruned"]["accuracy"] >= 0.9
+
+
+def test_help_names_defaults_data_sets_and_prior_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert all(name in text for name in psb.datasets.DATASETS)
+    assert "horseshoe: global_scale=1.0" in text and "(default: 0.25)" in text
