@@ -15,7 +15,8 @@ an MLP ``inputs -> --hidden ... -> outputs``; integer targets make a classifier 
 real ones a regression (Gaussian with learned noise) unless ``--task`` says otherwise.
 ``--devices N`` (or ``--strategy``) trains through Lightning (:mod:`pyro_sparse_bnn.lightning`),
 ``--batch-size`` being the global batch. The output directory gets ``result.pt``
-(:meth:`FitResult.save`), ``metrics.json`` and, unless ``--no-plots``, PNG figures. Options left
+(:meth:`FitResult.save`), ``metrics.json`` and, unless ``--no-plots``, PNG figures, written only
+once everything is computed, each atomically. Options left
 out keep the method's defaults; one the method does not take (``--epochs`` for SG-MCMC, say) is a
 usage error.
 
@@ -471,21 +472,23 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--output {str(args.output)!r} exists and is not a directory")
 
 
-def _plots(result: FitResult, data: Data, classify: bool, out: Path) -> list[str]:
-    import matplotlib.pyplot as plt
-
+def _figures(result: FitResult, data: Data, classify: bool) -> dict[str, Any]:
+    """The figures to write, by file name: relevance histogram and first-layer heatmap (with the
+    file's feature names) under the default masks, and a classifier's calibration."""
     from . import plots
 
-    written = []
-    figure = plots.plot_relevance_histogram(result.to_arviz())
-    figure.savefig(out / "relevance_histogram.png", dpi=100)
-    written.append("relevance_histogram.png")
+    names = data.feature_names
+    first = result.weight_sites[:1]
+    figures = {
+        "relevance_histogram.png": plots.plot_relevance_histogram(result, feature_names=names),
+        "relevance_heatmap.png": plots.plot_relevance_heatmap(
+            result, sites=first, feature_names=names
+        ),
+    }
     if classify:
         ax = plots.plot_calibration(result.predict(data.X_test)["probs"], data.y_test)
-        ax.figure.savefig(out / "calibration.png", dpi=100)
-        written.append("calibration.png")
-    plt.close("all")
-    return written
+        figures["calibration.png"] = ax.figure
+    return figures
 
 
 def run(args: argparse.Namespace) -> int:
@@ -499,10 +502,7 @@ def run(args: argparse.Namespace) -> int:
         args.fit_parser.error(str(err))
     if result.info.get("global_rank", 0) != 0:
         return 0  # under DDP only the first process writes
-    out = args.output
-    out.mkdir(parents=True, exist_ok=True)
     result.info |= {"feature_names": data.feature_names, "class_names": data.class_names}
-    result.save(out / "result.pt")
     stats = result.compression()
     metrics = {
         "dataset": data.source,
@@ -527,8 +527,19 @@ def run(args: argparse.Namespace) -> int:
         "layer_sparsity": stats["layer_sparsity"],
         "fit_seconds": result.info.get("seconds"),
     }
-    metrics["plots"] = [] if args.no_plots else _plots(result, data, classify, out)
+    figures = {} if args.no_plots else _figures(result, data, classify)
+    metrics["plots"] = sorted(figures)
     metrics["seconds"] = time.perf_counter() - start
+    out = args.output  # everything is computed: now write, each file atomically
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "result.pt")
+    for name, figure in figures.items():
+        with atomic_path(out / name) as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
+    if figures:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     key = "accuracy" if classify else "rmse"

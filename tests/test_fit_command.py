@@ -48,7 +48,8 @@ def test_fit_writes_a_loadable_result_and_consistent_metrics(npz_fit):
     result = psb.load(out / "result.pt")
     assert result.evaluate(data.X_test, data.y_test) == pytest.approx(metrics["test"], rel=1e-6)
     assert metrics["test"]["accuracy"] >= 0.9  # classes 3 sd apart: near-perfectly separable
-    assert sorted(metrics["plots"]) == ["calibration.png", "relevance_histogram.png"]
+    figures = ["calibration.png", "relevance_heatmap.png", "relevance_histogram.png"]
+    assert metrics["plots"] == figures
     for name in metrics["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -213,8 +214,9 @@ def test_csv_header_names_and_string_labels_reach_the_outputs(tmp_path):
         assert label == y[source]
     out = tmp_path / "out"
     argv = ["fit", str(tmp_path / "iris.csv"), "--target", "species", "--hidden", "4"]
-    assert main([*argv, "--epochs", "3", "--no-plots", "--quiet", "-o", str(out)]) == 0
+    assert main([*argv, "--epochs", "3", "--quiet", "-o", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    assert "relevance_heatmap.png" in metrics["plots"]  # drawn with the feature names
     assert metrics["features"] == data.feature_names and metrics["classes"] == data.class_names
     assert psb.load(out / "result.pt").info["class_names"] == data.class_names
     with pytest.raises(SystemExit):
