@@ -26,8 +26,12 @@ Features are standardised with the training rows' mean and sd (synthetic ones ha
 construction and are used as drawn), regression targets likewise, so MSE and noise are in units of
 the training sd of ``y``.
 
-The model (one hand-written Pyro model for every method but VADAM-ARD): ``w ~ prior`` (p weights, or
-classes x p), intercept ``b ~ N(0, 5)``, ``noise ~ HalfNormal(1)`` for regression. Prior scales
+The model, for every method: ``SparseBNN(nn.Linear(p, k), prior, likelihood,
+bias_prior=Normal(5))`` (k = 1, or the classes): ``weight ~ prior`` (p weights, or classes x p),
+intercept ``bias ~ N(0, 5)``, ``noise ~ HalfNormal(1)`` for regression; VADAM-ARD and SGLD-SA
+learn the bias as a point estimate (SGLD-SA: fitted during burn-in, then fixed). Its masked predictions, and so the default masks' budget, use the projected
+submodel (``FitResult.submodel_draws``: each draw's kept weights refitted to its predictions,
+Piironen, Paasiniemi & Vehtari 2020), not the zeroed draws. Prior scales
 follow the docs' rules, never the truth: horseshoes take Piironen & Vehtari's
 ``tau0 = p0 / (D - p0) * sigma / sqrt(n)`` with ``p0 = max(1, round(D / 10))`` of the D weights and
 pseudo-noise ``sigma`` = 1 (standardised regression) or 2 (logistic); the regularised horseshoe
@@ -45,9 +49,8 @@ Methods (``METHODS``), every fit seeded with ``FIT_SEED``:
 * ``sgld_sa``, ``sgld_sa_pruned``: ``fit(method="sgld_sa")`` (the SSGL prior replaces the model's),
   4 chains, step ``0.1 / n * k^(-1/3)`` (large_p_small_n.py's at n = 100), 4000 burn-in + 200 x 10
   iterations, weights started at 0; ``_pruned`` adds ``pruning=InclusionPruning()``.
-* ``vadam_ard``: ``fit(method="vadam", ard=True)`` on ``SparseBNN(nn.Linear(p, k), priors.ARD(),
-  likelihood)`` (a hand-written model starts VADAM at one prior draw, see the report), 3000
-  full-batch epochs at lr 0.01, 500 draws.
+* ``vadam_ard``: ``fit(method="vadam", ard=True)`` with ``priors.ARD()``, 3000 full-batch epochs
+  at lr 0.01, 500 draws.
 
 Measured per (problem, method): test MSE (regression) or test accuracy and NLL (classification) of
 the full posterior predictive and of the model pruned by the default ``fit.masks()`` (``pruned_*``)
@@ -104,8 +107,6 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile worker
 
 import arviz as az
 import numpy as np
-import pyro
-import pyro.distributions as dist
 import torch
 from _common import RESULTS, print_table, write_results
 from sklearn import datasets as sk_datasets
@@ -118,6 +119,7 @@ import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.infer.sgmcmc import InclusionPruning, PolynomialDecay
 
 FIT_SEED = 0
+WEIGHT = "weight"  # the weight site of SparseBNN(nn.Linear(p, classes))
 N_TEST = 1000
 N_NONZERO = 5
 SMALL = 40  # weights: NUTS under every prior (agreement references) up to this size
@@ -349,29 +351,12 @@ def reference(pr: Problem, data: Data) -> dict[str, Any]:
 # The model and the methods
 
 
-class LinearModel:
-    """``y ~ N(x.w + b, noise)``, ``Bernoulli(logits=x.w + b)`` or ``Categorical(logits=W x + b)``
-    with ``w ~ prior``: the README's "other door", with an intercept and a learned noise."""
-
-    def __init__(self, prior: psb.priors.Prior, p: int, task: str, classes: int) -> None:
-        self.prior, self.p, self.task, self.classes = prior, p, task, classes
-
-    def __call__(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        multi = self.task == "multiclass"
-        w = self.prior.sample("w", (self.classes, self.p) if multi else (self.p,))
-        zero = x.new_zeros(self.classes if multi else ())
-        b = pyro.sample("b", dist.Normal(zero, 5.0).to_event(zero.dim()))
-        if multi:
-            logits = (x.unsqueeze(-2) * w.unsqueeze(-3)).sum(-1) + b.unsqueeze(-2)
-            with pyro.plate("data", x.shape[0]):
-                return pyro.sample("y", dist.Categorical(logits=logits), obs=y)
-        f = (x * w.unsqueeze(-2)).sum(-1) + b
-        if self.task == "regression":
-            noise = pyro.sample("noise", dist.HalfNormal(x.new_tensor(1.0)))
-            with pyro.plate("data", x.shape[0]):
-                return pyro.sample("y", dist.Normal(f, noise), obs=y)
-        with pyro.plate("data", x.shape[0]):
-            return pyro.sample("y", dist.Bernoulli(logits=f), obs=None if y is None else y.to(f))
+def likelihood(task: str) -> psb.likelihoods.Likelihood:
+    return {
+        "regression": lambda: psb.likelihoods.Gaussian(noise_prior_scale=1.0),
+        "binary": psb.likelihoods.Bernoulli,
+        "multiclass": psb.likelihoods.Categorical,
+    }[task]()
 
 
 def pseudo_sigma(task: str) -> float:
@@ -392,9 +377,16 @@ def make_prior(name: str, task: str, data: Data) -> psb.priors.Prior:
     }[name]()
 
 
-def linear_model(prior_name: str, pr: Problem, data: Data) -> LinearModel:
+def linear_model(
+    prior_name: str, pr: Problem, data: Data, bayesian_bias: bool = True
+) -> psb.SparseBNN:
+    """``SparseBNN(nn.Linear(p, classes))``: ``weight ~ prior``, ``bias ~ N(0, 5)`` (or a point
+    estimate)."""
+    torch.manual_seed(FIT_SEED)
+    net = nn.Linear(data.X_train.shape[1], data.classes)
     prior = make_prior(prior_name, pr.task, data)
-    return LinearModel(prior, data.X_train.shape[1], pr.task, data.classes)
+    bias_prior = psb.priors.Normal(5.0) if bayesian_bias else None
+    return psb.SparseBNN(net, prior, likelihood(pr.task), bias_prior=bias_prior)
 
 
 @dataclass(frozen=True)
@@ -433,26 +425,22 @@ def fit_nuts(prior: str, pr: Problem, data: Data, budget: Budget) -> psb.FitResu
 
 def fit_sgld_sa(pruning: bool, pr: Problem, data: Data, budget: Budget) -> psb.FitResult:
     n = data.X_train.shape[0]
-    model = linear_model("normal", pr, data)  # SSGL replaces the weight prior
-    shape = (data.classes, data.X_train.shape[1]) if pr.task == "multiclass" else (model.p,)
+    # SSGL replaces the weight prior; it would treat a Bayesian bias as a weight group too
+    model = linear_model("normal", pr, data, bayesian_bias=False)
+    shape = (data.classes, data.X_train.shape[1])
     return psb.fit(
         model, data.X_train, data.y_train, method="sgld_sa",
         step_size=PolynomialDecay(0.1 / n, power=1 / 3), num_samples=budget.sgld_draws,
         warmup=budget.sgld_burn_in, thin=budget.sgld_thin, num_chains=4,
-        init={"w": torch.zeros(shape)}, pruning=InclusionPruning() if pruning else None,
+        init={WEIGHT: torch.zeros(shape)}, pruning=InclusionPruning() if pruning else None,
         seed=FIT_SEED, progress=False,
     )  # fmt: skip
 
 
 def fit_vadam_ard(pr: Problem, data: Data, budget: Budget) -> psb.FitResult:
-    likelihood = {
-        "regression": lambda: psb.likelihoods.Gaussian(noise_prior_scale=1.0),
-        "binary": psb.likelihoods.Bernoulli,
-        "multiclass": psb.likelihoods.Categorical,
-    }[pr.task]()
     torch.manual_seed(FIT_SEED)
-    net = nn.Sequential(nn.Linear(data.X_train.shape[1], data.classes))
-    bnn = psb.SparseBNN(net, psb.priors.ARD(), likelihood)
+    net = nn.Linear(data.X_train.shape[1], data.classes)
+    bnn = psb.SparseBNN(net, psb.priors.ARD(), likelihood(pr.task))
     return psb.fit(
         bnn, data.X_train, data.y_train, method="vadam", ard=True, epochs=budget.vadam_epochs,
         lr=0.01, num_posterior_samples=budget.draws, seed=FIT_SEED, progress=False,
@@ -498,15 +486,13 @@ METHODS: dict[str, Method] = {
 
 
 def weight_draws(fit: psb.FitResult) -> np.ndarray:
-    """The one weight site's draws, ``(chain, draw, D)`` (D = p, or classes x p)."""
-    (site,) = fit.weight_sites
-    draws = fit.samples[site]
+    """The weight site's draws, ``(chain, draw, D)`` (D = p, or classes x p)."""
+    draws = fit.samples[WEIGHT]
     return draws.reshape(*draws.shape[:2], -1).double().numpy()
 
 
 def flat_mask(fit: psb.FitResult, masks: dict[str, Tensor]) -> np.ndarray:
-    (site,) = fit.weight_sites
-    return masks[site].reshape(-1).numpy()
+    return masks[WEIGHT].reshape(-1).numpy()
 
 
 def scores(fit: psb.FitResult, data: Data, masks: dict[str, Tensor] | None) -> dict[str, float]:

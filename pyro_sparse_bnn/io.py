@@ -81,7 +81,7 @@ def read_tagged(
         raise ValueError(f"{what} {str(path)!r} is corrupted or unreadable ({err})") from None
     own = {f"{obj.__module__}.{obj.__qualname__}": obj for obj in trusted}
     allowed = []
-    for name in names:
+    for name in sorted(names):
         obj = own[name] if name in own else trusted_global(name)
         if obj is None:
             raise ValueError(

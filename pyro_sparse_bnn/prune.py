@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from .nn import BAYESIAN_LAYERS
+from .projection import linear_layer
 from .sparsity import scalp_masks
 from .validation import check_nonnegative
 
@@ -387,11 +388,15 @@ def prune_result(
     """:func:`prune` a :class:`~pyro_sparse_bnn.FitResult` of a ``SparseBNN``.
 
     Weights are the posterior means of the weight sites (``result.weight_moments()``, exact under
-    a SparseVD guide), zeroed outside ``masks`` (``result.masks(...)``). Non-Bayesian biases are
-    the fitted ones, Bayesian biases their posterior means. ``example_input`` (validated)
-    defaults to a training row; ``inputs`` is :func:`prune`'s.
+    a SparseVD guide), zeroed outside ``masks`` (``result.masks(...)``); for a network of one
+    ``nn.Linear`` layer, the means of the projected submodel (``result.submodel_draws(masks)``).
+    Non-Bayesian biases are the fitted ones, Bayesian biases their posterior means.
+    ``example_input`` (validated) defaults to a training row; ``inputs`` is :func:`prune`'s.
     """
     net, params, x = _posterior_network(result)
+    if linear_layer(result.model) is not None:
+        projected = result.submodel_draws(dict(masks))
+        params |= {k: v.mean(0) for k, v in projected.items() if k in params}
     x = x if example_input is None else example_input
     return prune(masked_network(net, params, dict(masks)), x, inputs=inputs)
 

@@ -93,7 +93,7 @@ def test_a_crafted_file_runs_no_code_when_loaded(fitted, tmp_path):
     payload = torch.load(fitted.save(tmp_path / "fit.pt"), weights_only=False)
     payload["info"] = {"attack": _RunsCode(marker)}
     torch.save(payload, tmp_path / "crafted.pt")
-    with pytest.raises(ValueError, match=r"refers to pathlib\..*so nothing was loaded"):
+    with pytest.raises(ValueError, match=r"refers to builtins.getattr, .*so nothing was loaded"):
         psb.load(tmp_path / "crafted.pt")
     assert not marker.exists()
     torch.load(tmp_path / "crafted.pt", weights_only=False)  # the file really does run code

@@ -101,12 +101,16 @@ def test_masks_and_compression_follow_signal_to_noise():
     assert torch.allclose(masked["mean"], torch.zeros(4, dtype=torch.float64))
 
 
-def test_explicit_keep_masks_zero_exactly_those_weights():
-    """``masked`` as a mapping: the log-likelihood is that of the draws times the given mask,
-    and ``masks(k)`` handed over gives what ``masked=True, threshold=k`` gives."""
+def test_explicit_keep_masks_project_the_draws_onto_those_weights():
+    """``masked`` as a mapping: the log-likelihood is that of each draw projected onto the kept
+    weights (a linear model: least squares of its predictor on the kept columns), and
+    ``masks(k)`` handed over gives what ``masked=True, threshold=k`` gives."""
     result, x, y, _, _ = exact_posterior_result(num_draws=50)
     keep = torch.tensor([[True, False, True]])
-    w = result.samples["weight"].reshape(50, 3) * keep.reshape(3)
+    draws = result.samples["weight"].reshape(50, 3)
+    coef = torch.linalg.lstsq(x[:, [0, 2]], (draws @ x.T).T).solution  # (2, draws)
+    w = torch.zeros(50, 3, dtype=x.dtype)
+    w[:, [0, 2]] = coef.T
     manual = dist.Normal(w @ x.T, NOISE).log_prob(y)
     assert torch.allclose(result.pointwise_log_likelihood(x, y, masked={"weight": keep})[0], manual)
     by_rule = result.evaluate(x, y, masked=True, threshold=5.0)

@@ -28,6 +28,7 @@ from ..dtypes import data_dtype, to_fit_dtype
 from ..io import atomic_path, read_tagged
 from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
+from ..projection import linear_layer, project
 from ..prune import live_masks
 from ..sparsity import (
     MAX_ACCURACY_DROP,
@@ -47,6 +48,7 @@ FILE_FORMAT = "pyro_sparse_bnn.FitResult"
 FILE_FORMAT_VERSION = 2
 Masking = bool | Mapping[str, Tensor]  # no masks, ``masks(threshold)``, or the given keep-masks
 _DEFAULT_BUDGET = ("snr", MAX_NLL_INCREASE, MAX_ACCURACY_DROP)  # the cache key of ``masks()``
+_PROJECTIONS_KEPT = 32  # projected submodels remembered per result (a budget search makes ~10)
 
 
 class FitResult:
@@ -101,6 +103,7 @@ class FitResult:
         self.weight_sites = self._find_weight_sites()
         self._predictive = DrawPredictive(model)
         self._budget_masks: dict[tuple, dict[str, Tensor]] = {}
+        self._projections: dict[tuple, dict[str, Tensor]] = {}
 
     def __repr__(self) -> str:
         """Method, draws, sites and kept weights: under the default masks once computed (they
@@ -205,7 +208,10 @@ class FitResult:
         reward weights that fit noise. Where PSIS flags its own estimate as unreliable for the
         full posterior (a Pareto ``k`` above 0.7, common for mean-field variational draws), the
         in-sample loss must stay within the budget too: LOO was then optimistic for pruned
-        models.
+        models. Bayesian biases are always kept (one parameter per unit). A submodel's predictive
+        is that of :meth:`submodel_draws`: projected for a
+        single-``nn.Linear`` ``SparseBNN`` (Piironen, Paasiniemi & Vehtari 2020), so weights
+        that only stood in for others are not kept; there the LOO loss alone decides.
         With a ``threshold``, the fixed rule: relevance above it
         (``SNR_THRESHOLD`` = 1 for ``"snr"``, ``ARD_THRESHOLD`` = 1e-4 for ``"ard"``).
         """
@@ -218,18 +224,28 @@ class FitResult:
         if data is None and key in self._budget_masks:
             return dict(self._budget_masks[key])
         if data is None:
-            losses = partial(self._training_losses, in_sample=not self._loo_reliable())
+            # a projected submodel is refitted to the full model's in-sample predictions, so its
+            # in-sample loss measures how well it copies the full model's fit to the noise
+            projected = linear_layer(self.model) is not None
+            in_sample = not projected and not self._loo_reliable()
+            losses = partial(self._training_losses, in_sample=in_sample)
         elif isinstance(data, tuple | list) and len(data) == 2:
             x, y = self._check_data(*data)
             losses = partial(self._losses, x, y)
         else:
             raise TypeError(f"data must be a pair (x, y) of held-out data, got {data!r}")
+        biases = {  # one parameter per unit: kept, not searched
+            k: torch.ones_like(v, dtype=torch.bool)
+            for k, v in scores.items()
+            if k.rpartition(".")[2] == "bias"
+        }
         found = budget_masks(
-            scores,
-            lambda keep: losses(keep or {}),
+            {k: v for k, v in scores.items() if k not in biases},
+            lambda keep: losses({} if keep is None else keep | biases),
             max_nll_increase=max_nll_increase,
             max_accuracy_drop=max_accuracy_drop,
         )
+        found = {k: (found | biases)[k] for k in scores}
         if data is None:
             self._budget_masks[key] = found
         return dict(found)
@@ -290,9 +306,26 @@ class FitResult:
                 )
         return dict(masked)
 
-    def _masked_draws(self, masked: Masking, threshold: float | None) -> dict[str, Tensor]:
+    @isolated
+    def submodel_draws(
+        self, masked: Masking = True, threshold: float | None = None
+    ) -> dict[str, Tensor]:
+        """Flat draws ``(draw, ...)`` of the submodel that keeps the weights ``masked`` names
+        (``True``: :meth:`masks` ``(threshold)``; or given keep-masks), what every masked
+        prediction uses. For a ``SparseBNN`` that is one ``nn.Linear`` layer each draw is
+        projected onto the submodel (:mod:`~pyro_sparse_bnn.projection`: the kept weights
+        refitted to that draw's predictions); for any other model the other weights are zeroed.
+        """
         keep = self._keep(masked, threshold)
         draws = self.sample_posterior()
+        if keep and linear_layer(self.model) is not None:
+            key = tuple((k, bytes(m.cpu().numpy())) for k, m in sorted(keep.items()))
+            if key not in self._projections:
+                if len(self._projections) >= _PROJECTIONS_KEPT:
+                    self._projections.pop(next(iter(self._projections)))
+                with data_dtype(self.x.dtype):
+                    self._projections[key] = project(self.model, draws, self.x, keep)
+            return self._projections[key]
         return {k: v * keep[k] if k in keep else v for k, v in draws.items()}
 
     def _summaries(
@@ -306,7 +339,7 @@ class FitResult:
     ) -> dict[str, Tensor]:
         """Per draw and row: class ``probs`` or ``mean``/``variance`` of the observation model,
         ``log_lik`` of ``y`` and, with ``sample``, a posterior predictive ``sample``."""
-        draws = self._masked_draws(masked, threshold)
+        draws = self.submodel_draws(masked, threshold)
         with data_dtype(self.x.dtype):
             return self._predictive.summaries(x, y, draws, sample=sample)
 
