@@ -36,7 +36,7 @@ def test_only_single_linear_layer_sparse_bnns_project():
     assert linear_layer(psb.SparseBNN(nn.Linear(3, 1), psb.priors.Normal(), gaussian))[0] == ""
     assert linear_layer(psb.SparseBNN(psb.mlp([3, 1]), psb.priors.Normal(), gaussian))[0] == "0"
     assert linear_layer(psb.SparseBNN(psb.mlp([3, 4, 1]), psb.priors.Normal(), gaussian)) is None
-    with pytest.raises(TypeError, match="one nn.Linear layer"):
+    with pytest.raises(TypeError, match=r"one nn\.Linear layer"):
         project(psb.SparseBNN(psb.mlp([3, 4, 1]), psb.priors.Normal(), gaussian), {}, None, {})
 
 
