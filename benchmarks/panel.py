@@ -32,7 +32,8 @@ intercept ``bias ~ N(0, 5)``, ``noise ~ HalfNormal(1)`` for regression; VADAM-AR
 learn the bias as a point estimate (SGLD-SA: fitted during burn-in, then fixed). Its masked
 predictions, and so the default masks' budget, use the projected submodel
 (``FitResult.submodel_draws``: each draw's kept weights refitted to its predictions, Piironen,
-Paasiniemi & Vehtari 2020), not the zeroed draws. Prior scales follow the docs' rules, never the truth: horseshoes take Piironen & Vehtari's
+Paasiniemi & Vehtari 2020), not the zeroed draws. Prior scales follow the docs' rules,
+never the truth: horseshoes take Piironen & Vehtari's
 ``tau0 = p0 / (D - p0) * sigma / sqrt(n)`` with ``p0 = max(1, round(D / 10))`` of the D weights and
 pseudo-noise ``sigma`` = 1 (standardised regression) or 2 (logistic); the regularised horseshoe
 keeps its default slab; ``Laplace(0.1 sigma)`` and ``StudentT(df=1, scale=0.1 sigma)``.
