@@ -369,3 +369,19 @@ def test_alias_options_and_model_structure_errors():
     with pytest.raises(ValueError, match="improper"):
         psb.fit(bnn, x.float(), y.float(), method="sgld", progress=False)
     assert math.isfinite(NOISE)
+
+
+def test_a_bayesian_bias_pruned_whole_keeps_the_chain_finite():
+    """Inclusion pruning can remove a one-weight group (a Bayesian bias): its inclusion rate's
+    update would divide 0 by 0; the group keeps its rate, the chain stays finite and the noise
+    estimate near the truth (0.5)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 6, generator=g)
+    y = 2.0 * x[:, 0] + 0.5 * torch.randn(100, generator=g)
+    bnn = psb.SparseBNN(torch.nn.Linear(6, 1), psb.priors.Normal(), psb.likelihoods.Gaussian(),
+                        bias_prior=psb.priors.Normal(5.0))  # fmt: skip
+    fit = psb.fit(bnn, x, y, method="sgld_sa", num_samples=50, warmup=500, num_chains=2,
+                  pruning=InclusionPruning(), seed=0, progress=False)  # fmt: skip
+    assert not fit.info["masks"]["bias"].any()  # the bias (true value 0) was pruned
+    assert all(torch.isfinite(v).all() for v in fit.samples.values())
+    assert torch.allclose(fit.info["sigma"], torch.tensor(0.5), rtol=0.2)

@@ -282,7 +282,9 @@ class SSGL:
                 raise ValueError(f"active must have shape {tuple(w.shape)}")
             abs_w, rho = abs_w * active, rho * active
             size, count = self._group_sums(active.to(w.dtype)), active.sum(-1).to(w.dtype)
-        delta = (self._group_sums(rho) + (self.a - 1.0)) / (self.a + self._b + size - 2.0)
+        denominator = self.a + self._b + size - 2.0
+        delta = (self._group_sums(rho) + (self.a - 1.0)) / denominator.clamp_min(1e-12)
+        delta = torch.where(size > 0, delta, self._delta)  # a group pruned whole keeps its rate
         rho_abs = rho * abs_w
         lasso = (abs_w - rho_abs).sum(-1) / self.v0
         ridge = (rho_abs * abs_w).sum(-1) / self.v1
