@@ -5,6 +5,10 @@ pruning and ArviZ results.
 >>> bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
 """
 
+# isort: off
+from . import progress  # noqa: F401  first: it silences tqdm's notebook warning before Pyro imports tqdm.auto
+
+# isort: on
 import importlib
 from types import ModuleType
 

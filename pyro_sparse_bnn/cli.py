@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "fit":
         return fit_command.run(args)
-    torch.set_num_threads(1)  # the demo's tensors are tiny: a second thread only adds overhead
     report, result = run_demo(epochs=args.epochs, seed=args.seed, progress=not args.quiet)
     print(_format(report))
     if args.json is not None:

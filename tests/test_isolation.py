@@ -153,3 +153,126 @@ def test_the_toolkits_guides_own_their_parameters_when_the_user_calls_them(bnn):
     fit.guide(X, Y)
     fit.model(X, Y)
     assert len(pyro.get_param_store().keys()) == 0
+
+
+# Threads: the loops run one intra-op thread for a small model and restore the caller's count.
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """torch at 2 intra-op threads (the suite pins 1), the rule's environment variable unset."""
+    monkeypatch.delenv(psb.isolation.THREADS_VARIABLE, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_loop_threads_restores_the_callers_count_also_after_an_exception(two_threads):
+    with psb.isolation.loop_threads(67) as chosen:
+        assert chosen == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(KeyError), psb.isolation.loop_threads(67):
+        torch.set_num_threads(3)  # even a count changed inside is put back
+        raise KeyError("boom")
+    assert torch.get_num_threads() == 2
+
+
+def test_the_rule_picks_one_thread_below_the_crossover_and_leaves_a_large_model_alone(two_threads):
+    below = psb.isolation.SINGLE_THREAD_BELOW
+    assert psb.isolation.threads_for(67) == psb.isolation.threads_for(below - 1) == 1
+    assert psb.isolation.threads_for(below) == psb.isolation.threads_for(None) == 2
+
+
+def test_the_user_chooses_by_argument_or_environment_variable(two_threads, monkeypatch):
+    name = psb.isolation.THREADS_VARIABLE
+    monkeypatch.setenv(name, "2")
+    assert psb.isolation.threads_for(67) == 2
+    assert psb.isolation.threads_for(10**9, num_threads=1) == 1  # the argument wins
+    monkeypatch.setenv(name, "auto")
+    assert psb.isolation.threads_for(67) == 1
+    monkeypatch.setenv(name, "two")
+    with pytest.raises(ValueError, match=f"{name} must be a positive int or 'auto', got 'two'"):
+        psb.isolation.threads_for(67)
+    with pytest.raises(ValueError, match="num_threads must be a positive int"):
+        psb.infer.loop.LoopOptions(epochs=1, num_threads=0)
+
+
+def threads_seen(**fit_options) -> list[int]:
+    """torch's thread count at each callback of a tiny iris fit."""
+    seen: list[int] = []
+    torch.manual_seed(0)
+    bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
+    callback = lambda *args: seen.append(torch.get_num_threads())  # noqa: E731
+    psb.fit(bnn, X, Y, progress=False, callback=callback, **fit_options)
+    return seen
+
+
+LOOPS = {
+    "svi": {"epochs": 2},
+    "l1": {"method": "l1", "epochs": 2},
+    "sgld": {"method": "sgld", "num_samples": 2, "warmup": 2, "num_chains": 2},
+}
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_fits_train_small_models_on_one_thread_and_restore_the_count(two_threads, loop):
+    assert set(threads_seen(**LOOPS[loop])) == {1}
+    assert torch.get_num_threads() == 2
+
+
+def test_a_fit_keeps_the_callers_threads_above_the_crossover_or_when_told(two_threads, monkeypatch):
+    monkeypatch.setattr(psb.isolation, "SINGLE_THREAD_BELOW", 10)  # iris 4-3 is "large" now
+    assert set(threads_seen(epochs=2)) == {2}
+    monkeypatch.setattr(psb.isolation, "SINGLE_THREAD_BELOW", 10**6)
+    monkeypatch.setenv(psb.isolation.THREADS_VARIABLE, "2")
+    assert set(threads_seen(epochs=2)) == {2}
+    torch.set_num_threads(1)
+    assert set(threads_seen(epochs=2)) == {2}
+    assert torch.get_num_threads() == 1
+
+
+def test_a_failing_fit_restores_the_threads(two_threads):
+    def fail(epoch, loss):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("stop here")
+
+    bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
+    with pytest.raises(RuntimeError, match="stop here"):
+        psb.fit(bnn, X, Y, epochs=3, progress=False, callback=fail)
+    assert torch.get_num_threads() == 2
+
+
+def test_nuts_chains_run_on_one_thread_and_restore_the_count(two_threads):
+    from pyro_sparse_bnn.infer.mcmc.run import sample
+
+    seen: list[int] = []
+
+    def gaussian(theta):
+        seen.append(torch.get_num_threads())
+        return 0.5 * (theta**2).sum(-1), theta
+
+    sample(gaussian, torch.zeros(2, 3), num_warmup=5, num_samples=5, seeds=[0, 1])
+    assert set(seen) == {1} and torch.get_num_threads() == 2
+    seen.clear()
+    sample(gaussian, torch.zeros(2, 3), num_warmup=2, num_samples=2, seeds=[0, 1], num_threads=2)
+    assert set(seen) == {2} and torch.get_num_threads() == 2
+
+
+def test_public_calls_run_small_models_on_one_thread(two_threads, monkeypatch):
+    @psb.isolation.isolated
+    def probe(model=None):
+        return torch.get_num_threads()
+
+    assert probe(torch.nn.Linear(4, 3)) == 1 and torch.get_num_threads() == 2
+    assert probe() == 2  # no model: the caller's count
+    bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical())
+    fit = psb.fit(bnn, X, Y, epochs=2, num_posterior_samples=20, progress=False)
+    seen: list[int] = []
+    fit.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    fit.evaluate(X, Y)
+    assert set(seen) == {1} and torch.get_num_threads() == 2
+    monkeypatch.setattr(psb.isolation, "SINGLE_THREAD_BELOW", 10)
+    seen.clear()
+    fit.evaluate(X, Y)
+    assert set(seen) == {2}

@@ -4,7 +4,9 @@ A fit validates its :class:`LoopOptions` with everything else before any work st
 parts (model, guide, optimisers, schedulers: anything with ``state_dict``) and private
 generators, and hands :meth:`LoopOptions.run` a function that trains one epoch and returns its
 mean loss. The loop owns what the fits share: the progress bar, the history, the finite check,
-checkpoints (written atomically) with exact resume, the callback and early stop, and timing.
+checkpoints (written atomically) with exact resume, the callback and early stop, timing, and the
+number of torch threads (one for a small model, see :func:`~pyro_sparse_bnn.isolation.loop_threads`;
+the caller's count is restored afterwards).
 The learning-rate schedules and the KL warm-up live here too.
 
 >>> import torch
@@ -30,9 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import trange
 
 from ..io import atomic_path, check_writable, read_tagged
+from ..isolation import loop_threads, requested_threads, trainable_elements
+from ..progress import progress_bar
 from ..validation import check_bool, check_positive_int
 
 __all__ = [
@@ -141,6 +144,10 @@ class LoopOptions:
             resumed fit ends with exactly the numbers of an uninterrupted one.
         stop_when_nonfinite: a non-finite epoch loss ends the run (recorded, ``diverged``)
             instead of raising FloatingPointError.
+        num_threads: torch's intra-op threads while the loop runs; ``None``: ``$PSBNN_NUM_THREADS``
+            if set, else one for a model with fewer trainable values than
+            :data:`~pyro_sparse_bnn.isolation.SINGLE_THREAD_BELOW`, else the caller's setting.
+            The caller's count is restored afterwards.
     """
 
     epochs: int
@@ -152,6 +159,7 @@ class LoopOptions:
     desc: str = "train"
     loss_name: str = "loss"
     stop_when_nonfinite: bool = False
+    num_threads: int | None = None
     _resumed: dict | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -160,6 +168,7 @@ class LoopOptions:
         if self.callback is not None and not callable(self.callback):
             raise TypeError(f"callback must be callable, got {type(self.callback).__name__}")
         check_positive_int(self.checkpoint_every, "checkpoint_every")
+        requested_threads(self.num_threads)
         if self.checkpoint is not None:
             check_writable(self.checkpoint, "checkpoint")
         if self.resume is not None:
@@ -176,16 +185,28 @@ class LoopOptions:
         (and ``diverged`` with ``stop_when_nonfinite``).
 
         ``parts`` (objects with ``state_dict``) and ``generators`` are what a checkpoint saves
-        and a resume restores, with the global torch / NumPy / ``random`` states.
+        and a resume restores, with the global torch / NumPy / ``random`` states. The epochs run
+        with :func:`~pyro_sparse_bnn.isolation.loop_threads` threads for the trainable values of
+        ``parts``.
         """
-        generators = dict(generators or {})
+        with loop_threads(trainable_elements(parts.values()), self.num_threads):
+            return self._run(epoch, parts, dict(generators or {}))
+
+    def _run(
+        self,
+        epoch: Callable[[int], float],
+        parts: Mapping[str, Any],
+        generators: dict[str, torch.Generator],
+    ) -> dict[str, Any]:
         history: list[float] = []
         first = 0
         if self._resumed is not None:
             state = run_state(self._resumed, {"epochs": self.epochs})
             first = _restore(state, parts, generators, history)
         start = time.perf_counter()
-        bar = trange(first, self.epochs, disable=not self.progress, desc=self.desc, leave=False)
+        bar = progress_bar(
+            range(first, self.epochs), disable=not self.progress, desc=self.desc, leave=False
+        )
         diverged = False
         for e in bar:
             loss = float(epoch(e))

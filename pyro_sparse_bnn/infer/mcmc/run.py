@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ...isolation import loop_threads
+from ...progress import progress_bar
 from .adaptation import DualAveraging, Welford, adaptation_windows
 from .sampler import Draws, PotentialGrad, Sampler
 
@@ -99,6 +100,7 @@ def sample(
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_every: int = 100,
     resume: dict[str, Any] | None = None,
+    num_threads: int | None = None,
 ) -> Draws:
     """Run ``C = init.shape[0]`` chains of NUTS (or HMC) from ``init`` of shape ``(C, D)``.
 
@@ -108,8 +110,37 @@ def sample(
     the draws made so far (``interrupted=True``); during warm-up it propagates. Every
     ``checkpoint_every`` iterations ``checkpoint(state)`` receives the run's state (tensors and
     plain values: positions, adaptation, draws so far, generator states); ``resume=state``
-    continues from it to exactly the draws of an uninterrupted run.
+    continues from it to exactly the draws of an uninterrupted run. The chains run with
+    :func:`~pyro_sparse_bnn.isolation.loop_threads` threads for ``init.numel()`` values
+    (``num_threads`` overrides; the caller's count is restored afterwards).
     """
+    options = {k: v for k, v in locals().items() if k not in ("potential_and_grad", "init")}
+    with loop_threads(init.numel(), options.pop("num_threads")):
+        return _sample(potential_and_grad, init, **options)
+
+
+def _sample(
+    potential_and_grad: PotentialGrad,
+    init: Tensor,
+    *,
+    num_warmup: int,
+    num_samples: int,
+    seeds: Sequence[int],
+    kernel: str,
+    step_size: float,
+    adapt_step_size: bool,
+    adapt_mass_matrix: bool,
+    dense_mass: bool,
+    target_accept: float,
+    max_tree_depth: int,
+    trajectory_length: float,
+    num_steps: int | None,
+    compile: bool,
+    progress: bool,
+    checkpoint: Callable[[dict[str, Any]], None] | None,
+    checkpoint_every: int,
+    resume: dict[str, Any] | None,
+) -> Draws:
     num_chains, dim = init.shape
     sampler = Sampler(
         potential_and_grad,
@@ -145,7 +176,9 @@ def sample(
         pe, grad = potential_and_grad(s.z)
     windows = adaptation_windows(num_warmup)
     bars = [
-        tqdm(total=num_warmup + num_samples, desc=f"chain {c}", position=c, disable=not progress)
+        progress_bar(
+            total=num_warmup + num_samples, desc=f"chain {c}", position=c, disable=not progress
+        )
         for c in range(num_chains)
     ]
     for bar in bars:
@@ -181,7 +214,7 @@ def sample(
         interrupted = True
         warnings.warn(
             f"interrupted: keeping the {len(s.records['theta'])} draws per chain made so far",
-            stacklevel=2,
+            stacklevel=3,  # the caller of sample()
         )
     finally:
         for bar in bars:

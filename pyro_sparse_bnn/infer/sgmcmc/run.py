@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ...isolation import loop_threads
+from ...progress import progress_bar
 from ...sparsity import budget_masks, relevance
 from ..result import FitResult
 from .kernels import LangevinIntegrator, SparseRateSchedule
@@ -221,14 +222,34 @@ class _Run:
         checkpoint: Callable[[dict[str, Any]], None] | None = None,
         checkpoint_every: int = 100,
         resume: dict[str, Any] | None = None,
+        num_threads: int | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
         """Run the chains; return the kept draws, sample stats and the iterations run.
 
         A kept state's log density and deterministic sites come from the next evaluation, which
         happens at exactly that state (one extra evaluation after the last iteration). Every
         ``checkpoint_every`` iterations ``checkpoint`` gets :meth:`state_dict`; ``resume`` takes
-        one and continues to exactly the draws of an uninterrupted run.
+        one and continues to exactly the draws of an uninterrupted run. The chains run with
+        :func:`~pyro_sparse_bnn.isolation.loop_threads` threads for the values they update
+        (``num_threads`` overrides; the caller's count is restored afterwards).
         """
+        work = sum(u.numel() for u in self.start) + sum(p.numel() for p in self.params)
+        with loop_threads(work, num_threads):
+            return self._loop(
+                plan, pruning, progress, callback, method, checkpoint, checkpoint_every, resume
+            )
+
+    def _loop(
+        self,
+        plan: Plan,
+        pruning: MagnitudePruning | InclusionPruning | None,
+        progress: bool,
+        callback: Callable[[int, float], bool | None] | None,
+        method: str,
+        checkpoint: Callable[[dict[str, Any]], None] | None,
+        checkpoint_every: int,
+        resume: dict[str, Any] | None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
         layout, n = self.layout, self.x.shape[0]
         warmup, num_samples, thin = plan
         schedule = None
@@ -247,7 +268,7 @@ class _Run:
         kept, stats = self._kept, self._stats
         late_every = max(1, warmup // (4 * LATE_STATES))  # states from the last quarter
         total_iterations = warmup + num_samples * thin
-        bar = tqdm(total=total_iterations, disable=not progress, desc=method, leave=False)
+        bar = progress_bar(total=total_iterations, disable=not progress, desc=method, leave=False)
         k = first - 1
         for k in range(first, total_iterations + 1):
             if self.params and k == warmup + 1:
