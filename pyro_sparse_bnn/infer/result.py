@@ -211,7 +211,8 @@ class FitResult:
         models. Bayesian biases are always kept (one parameter per unit). A submodel's predictive
         is that of :meth:`submodel_draws`: projected for a
         single-``nn.Linear`` ``SparseBNN`` (Piironen, Paasiniemi & Vehtari 2020), so weights
-        that only stood in for others are not kept; there the LOO loss alone decides.
+        that only stood in for others are not kept; for MCMC draws the LOO loss alone then
+        decides (in sample, the submodel would have to copy the full posterior's fit to noise).
         With a ``threshold``, the fixed rule: relevance above it
         (``SNR_THRESHOLD`` = 1 for ``"snr"``, ``ARD_THRESHOLD`` = 1e-4 for ``"ard"``).
         """
@@ -224,10 +225,13 @@ class FitResult:
         if data is None and key in self._budget_masks:
             return dict(self._budget_masks[key])
         if data is None:
-            # a projected submodel is refitted to the full model's in-sample predictions, so its
-            # in-sample loss measures how well it copies the full model's fit to the noise
+            # a projected submodel of posterior draws (MCMC) is judged by LOO alone: in sample
+            # it is measured by how well it copies the full posterior's fit to the noise. Draws
+            # of an approximate posterior (VI) keep the in-sample check where LOO is unreliable
             projected = linear_layer(self.model) is not None
-            in_sample = not projected and not self._loo_reliable()
+            variational = self.method in psb_arviz.VARIATIONAL_METHODS
+            exempt = projected and not variational
+            in_sample = not exempt and not self._loo_reliable()
             losses = partial(self._training_losses, in_sample=in_sample)
         elif isinstance(data, tuple | list) and len(data) == 2:
             x, y = self._check_data(*data)
