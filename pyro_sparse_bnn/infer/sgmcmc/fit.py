@@ -37,7 +37,7 @@ import pyro
 from torch import Tensor, nn
 
 from ...io import check_writable
-from ...isolation import check_seed, isolated
+from ...isolation import check_seed, isolated, loop_threads
 from ...validation import (
     as_tensor,
     check_choice,
@@ -235,11 +235,12 @@ def fit_sgmcmc(
         "sites": {k: list(layout.shapes[k]) for k in layout.sampled},
     }  # fmt: skip
     save = None if checkpoint is None else partial(save_run, checkpoint, "sgmcmc", signature)
-    draws, stats, stopped_at = sampler_run.loop(
-        Plan(warmup, num_samples, thin), pruning, progress, callback, method,
-        checkpoint=save, checkpoint_every=checkpoint_every,
-        resume=None if saved is None else run_state(saved, signature),
-    )  # fmt: skip
+    with loop_threads(sampler_run.work):  # one thread for a small model; the caller's restored
+        draws, stats, stopped_at = sampler_run.loop(
+            Plan(warmup, num_samples, thin), pruning, progress, callback, method,
+            checkpoint=save, checkpoint_every=checkpoint_every,
+            resume=None if saved is None else run_state(saved, signature),
+        )  # fmt: skip
     seconds = time.perf_counter() - start
     info = {
         "seconds": seconds,

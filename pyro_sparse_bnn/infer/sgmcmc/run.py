@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ...isolation import loop_threads
 from ...progress import progress_bar
 from ...sparsity import budget_masks, relevance
 from ..result import FitResult
@@ -212,34 +211,12 @@ class _Run:
             included = {n: kept[n] | included[n] for n in names}
         return {n: included[n].expand_as(rho[n]) for n in names}
 
+    @property
+    def work(self) -> int:
+        """Values the chains update per step (the size that picks the loop's thread count)."""
+        return sum(u.numel() for u in self.start) + sum(p.numel() for p in self.params)
+
     def loop(
-        self,
-        plan: Plan,
-        pruning: MagnitudePruning | InclusionPruning | None,
-        progress: bool,
-        callback: Callable[[int, float], bool | None] | None,
-        method: str,
-        checkpoint: Callable[[dict[str, Any]], None] | None = None,
-        checkpoint_every: int = 100,
-        resume: dict[str, Any] | None = None,
-        num_threads: int | None = None,
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
-        """Run the chains; return the kept draws, sample stats and the iterations run.
-
-        A kept state's log density and deterministic sites come from the next evaluation, which
-        happens at exactly that state (one extra evaluation after the last iteration). Every
-        ``checkpoint_every`` iterations ``checkpoint`` gets :meth:`state_dict`; ``resume`` takes
-        one and continues to exactly the draws of an uninterrupted run. The chains run with
-        :func:`~pyro_sparse_bnn.isolation.loop_threads` threads for the values they update
-        (``num_threads`` overrides; the caller's count is restored afterwards).
-        """
-        work = sum(u.numel() for u in self.start) + sum(p.numel() for p in self.params)
-        with loop_threads(work, num_threads):
-            return self._loop(
-                plan, pruning, progress, callback, method, checkpoint, checkpoint_every, resume
-            )
-
-    def _loop(
         self,
         plan: Plan,
         pruning: MagnitudePruning | InclusionPruning | None,
@@ -250,6 +227,13 @@ class _Run:
         checkpoint_every: int,
         resume: dict[str, Any] | None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
+        """Run the chains; return the kept draws, sample stats and the iterations run.
+
+        A kept state's log density and deterministic sites come from the next evaluation, which
+        happens at exactly that state (one extra evaluation after the last iteration). Every
+        ``checkpoint_every`` iterations ``checkpoint`` gets :meth:`state_dict`; ``resume`` takes
+        one and continues to exactly the draws of an uninterrupted run.
+        """
         layout, n = self.layout, self.x.shape[0]
         warmup, num_samples, thin = plan
         schedule = None
