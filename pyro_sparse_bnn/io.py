@@ -114,7 +114,6 @@ _TRUSTED_PACKAGES = (
     "torch.nn.modules.",
     "torch.nn.parameter",
     "torch.distributions.",
-    "torch.optim.",
     "pyro.distributions.",
     "pyro.nn.module",
     "pyro.poutine.trace_struct",
