@@ -72,6 +72,13 @@ PRIORS: dict[str, type[priors.Prior]] = {
 
 TASKS = ("auto", "classification", "regression")
 
+SVI_LR = 0.02
+SVI_MIN_STEPS = 1000
+"""``--method svi`` defaults where the command line is silent: Adam at ``SVI_LR`` for enough
+epochs to take ``SVI_MIN_STEPS`` optimiser steps (at least the method's 100 epochs). The method's
+own default, 100 full-batch steps at 0.01, leaves a shrinkage prior's scales far from converged
+on a small data set: ``psbnn fit iris`` then kept 102-278 of 350 weights over seeds 0-7."""
+
 
 class Data(NamedTuple):
     """Train and test tensors of a data set, where they came from, and the names the file gave
@@ -274,8 +281,21 @@ def _prior_args(items: list[str]) -> dict[str, float]:
     return options
 
 
-def _method_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The options given on the command line, for ``method``; one it does not take is an error."""
+def _svi_epochs(n_rows: int, batch_size: int | None) -> int:
+    """Epochs that take at least ``SVI_MIN_STEPS`` steps over ``n_rows`` rows (at least 100).
+
+    >>> _svi_epochs(112, None), _svi_epochs(7500, 100)
+    (1000, 100)
+    """
+    steps_per_epoch = math.ceil(n_rows / min(batch_size or n_rows, n_rows))
+    return max(100, math.ceil(SVI_MIN_STEPS / steps_per_epoch))
+
+
+def _method_options(
+    method: str, args: argparse.Namespace, n_rows: int | None = None
+) -> dict[str, Any]:
+    """The options given on the command line, for ``method``; one it does not take is an error.
+    Given the number of training rows, ``--method svi`` fills in the command's own defaults."""
     accepted = METHODS[method].options()
     given = {
         "epochs": args.epochs,
@@ -292,7 +312,9 @@ def _method_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
             flag = flag.replace("_", "-")
             raise ValueError(f"{flag} does not apply to --method {method}")
     always = {"seed": args.seed, "progress": not args.quiet}
-    return given | {k: v for k, v in always.items() if k in accepted}
+    if method == "svi" and n_rows is not None:
+        always = {"lr": SVI_LR, "epochs": _svi_epochs(n_rows, args.batch_size)} | always
+    return {k: v for k, v in always.items() if k in accepted} | given
 
 
 def _positive_int(text: str) -> int:
@@ -371,9 +393,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     fit.add_argument(
         "--task", choices=TASKS, default="auto", help="auto: integer or string targets classify"
     )
-    fit.add_argument("--epochs", type=_positive_int, help="passes over the data (method default)")
+    fit.add_argument(
+        "--epochs", type=_positive_int,
+        help=f"passes over the data (svi: enough for {SVI_MIN_STEPS} steps; others: the method's)",
+    )
     fit.add_argument("--batch-size", type=_positive_int, default=None, help="global minibatch")
-    fit.add_argument("--lr", type=_positive_float, help="learning rate (method default)")
+    fit.add_argument(
+        "--lr", type=_positive_float, help=f"learning rate (svi: {SVI_LR}; others: the method's)"
+    )
     fit.add_argument(
         "--kl-warmup", type=int, metavar="EPOCHS", help="svi KL warm-up (default: epochs / 3)"
     )
@@ -426,7 +453,7 @@ def _build(args: argparse.Namespace) -> tuple[Data, SparseBNN, bool]:
 def _fit(args: argparse.Namespace, data: Data, bnn: SparseBNN) -> FitResult:
     if args.devices is None and args.strategy is None:
         return METHODS[args.method](
-            bnn, data.X_train, data.y_train, **_method_options(args.method, args)
+            bnn, data.X_train, data.y_train, **_method_options(args.method, args, len(data.X_train))
         )
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -435,7 +462,7 @@ def _fit(args: argparse.Namespace, data: Data, bnn: SparseBNN) -> FitResult:
     world = (args.devices or 1) * args.num_nodes
     batch = args.batch_size or len(data.X_train)
     loader = DataLoader(TensorDataset(data.X_train, data.y_train), batch // world, shuffle=True)
-    options = _method_options("svi", args)
+    options = _method_options("svi", args, len(data.X_train))
     options.pop("batch_size", None)
     return fit_lightning(
         bnn,

@@ -223,12 +223,16 @@ def test_csv_header_names_and_string_labels_reach_the_outputs(tmp_path):
         main([*argv, "--task", "regression", "-o", str(out)])
 
 
-def test_the_default_iris_fit_prunes_and_stays_accurate(tmp_path):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_default_iris_fit_prunes_and_stays_accurate(tmp_path, seed):
     """``psbnn fit iris`` with every default keeps fewer than half of the 350 weights at test
-    accuracy >= 0.9, pruned."""
-    assert main(["fit", "iris", "-o", str(tmp_path), "--no-plots", "--quiet"]) == 0
+    accuracy >= 0.9, pruned, on each seed's own split (seeds 1 and 2 split hardest of 0-9:
+    logistic regression gets 35 of its 38 test rows right; measured 5-65 kept, 0.921-1.000)."""
+    argv = ["fit", "iris", "-o", str(tmp_path), "--no-plots", "--quiet", "--seed", str(seed)]
+    assert main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_weights"] == 350 and metrics["n_kept"] < 175
+    assert metrics["epochs"] == 1000
     assert metrics["test_pruned"]["accuracy"] >= 0.9
 
 
