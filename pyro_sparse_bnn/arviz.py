@@ -36,6 +36,7 @@ __all__ = [
     "summary",
     "to_inference_data",
     "to_netcdf",
+    "weight_dims",
 ]
 
 Arrays = Mapping[str, np.ndarray]
@@ -78,6 +79,23 @@ def to_inference_data(
             {group: _az().dict_to_dataset(dict(arrays), coords=coords, dims=dims, default_dims=[])}
         )
     return idata
+
+
+def weight_dims(
+    shapes: Mapping[str, tuple[int, ...]],
+) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
+    """Dims and coords of weight sites by their per-draw shapes: ``<site>_out``, ``<site>_in``,
+    then ``<site>_k0``, ``<site>_k1``... for kernels.
+
+    >>> weight_dims({"w": (3, 2)})
+    ({'w': ['w_out', 'w_in']}, {'w_out': [0, 1, 2], 'w_in': [0, 1]})
+    """
+    dims, coords = {}, {}
+    for site, shape in shapes.items():
+        names = ["out", "in", *(f"k{i}" for i in range(len(shape) - 2))][: len(shape)]
+        dims[site] = [f"{site}_{n}" for n in names]
+        coords |= {d: list(range(n)) for d, n in zip(dims[site], shape, strict=True)}
+    return dims, coords
 
 
 class _DropShapeWarnings(logging.Filter):

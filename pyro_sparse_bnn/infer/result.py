@@ -23,9 +23,7 @@ from torch import Tensor
 
 from .. import arviz as psb_arviz
 from .. import guides, metrics
-from .._version import __version__
 from ..dtypes import data_dtype, to_fit_dtype
-from ..io import atomic_path, read_tagged
 from ..isolation import check_seed, isolated
 from ..priors import WEIGHT_TAG
 from ..projection import linear_layer, project
@@ -41,11 +39,10 @@ from ..sparsity import (
 from ..validation import check_bool, check_positive_int, check_xy
 from .posterior import Posterior, guide_posterior
 from .predictive import DrawPredictive
+from .result_file import SAVED_FIELDS, read_fields, write_fields
 
 __all__ = ["FitResult"]
 
-FILE_FORMAT = "pyro_sparse_bnn.FitResult"
-FILE_FORMAT_VERSION = 2
 Masking = bool | Mapping[str, Tensor]  # no masks, ``masks(threshold)``, or the given keep-masks
 _DEFAULT_BUDGET = ("snr", MAX_NLL_INCREASE, MAX_ACCURACY_DROP)  # the cache key of ``masks()``
 _PROJECTIONS_KEPT = 32  # projected submodels remembered per result (a budget search makes ~10)
@@ -471,7 +468,9 @@ class FitResult:
         masks = self._keep(masks, None) if masks is not None else self.masks()
         scores = {f"{k}_relevance": v.cpu().numpy() for k, v in scores.items()}
         scores |= {f"{k}_kept": m.cpu().numpy() for k, m in masks.items()}
-        dims, coords = _weight_dims(self.samples, self.weight_sites)
+        dims, coords = psb_arviz.weight_dims(
+            {k: tuple(self.samples[k].shape[2:]) for k in self.weight_sites}
+        )
         dims |= {"y": ["obs"]}
         dims |= {f"{k}_relevance": dims[k] for k in self.weight_sites}
         dims |= {f"{k}_kept": dims[k] for k in self.weight_sites}
@@ -493,25 +492,7 @@ class FitResult:
         A hand-written model must be importable by name (a module-level function) to be saved.
         An optimiser in ``info`` is saved as its ``state_dict()``.
         """
-        payload = {
-            "format": FILE_FORMAT,
-            "format_version": FILE_FORMAT_VERSION,
-            "package_version": __version__,
-            **{k: getattr(self, k) for k in _SAVED},
-            "info": {  # an optimiser's state holds a defaultdict, which a safe load cannot build
-                k: v.state_dict() if isinstance(v, torch.optim.Optimizer) else v
-                for k, v in self.info.items()
-            },
-        }
-        with atomic_path(path) as tmp:
-            try:
-                torch.save(payload, tmp)
-            except (AttributeError, TypeError, ValueError) as err:  # pickling a closure/lambda
-                raise TypeError(
-                    f"cannot save this result: {err}. Models and guides must be importable "
-                    "objects (module-level functions or nn.Modules), not lambdas or closures"
-                ) from None
-        return Path(path)
+        return write_fields({k: getattr(self, k) for k in SAVED_FIELDS}, path)
 
     @classmethod
     @isolated
@@ -523,30 +504,6 @@ class FitResult:
         whose model is your own function or module class loads when you pass that object in
         ``trusted`` (the error names it), which says you trust the file.
         """
-        payload = read_tagged(path, FILE_FORMAT, "path", trusted=trusted)
-        if payload["format_version"] != FILE_FORMAT_VERSION:
-            raise ValueError(
-                f"{str(path)!r} has file format {payload['format_version']} (written by "
-                f"pyro_sparse_bnn {payload['package_version']}); this version reads format "
-                f"{FILE_FORMAT_VERSION}"
-            )
-        fields = {k: payload[k] for k in _SAVED}
+        fields = read_fields(path, trusted=trusted)
         return cls(fields.pop("model"), fields.pop("samples"), **fields)
 
-
-def _weight_dims(
-    samples: dict[str, Tensor], weight_sites: list[str]
-) -> tuple[dict[str, list[str]], dict[str, Any]]:
-    """Name weight dims ``<site>_out``, ``<site>_in`` (then ``_k0, _k1`` for kernels)."""
-    dims, coords = {}, {}
-    for site in weight_sites:
-        shape = samples[site].shape[2:]
-        names = ["out", "in", *(f"k{i}" for i in range(len(shape) - 2))][: len(shape)]
-        if len(shape) == 1:
-            names = ["out"]
-        dims[site] = [f"{site}_{n}" for n in names]
-        coords |= {d: list(range(n)) for d, n in zip(dims[site], shape, strict=True)}
-    return dims, coords
-
-
-_SAVED = ("model", "samples", "method", "x", "y", "info", "sample_stats", "guide", "posterior")

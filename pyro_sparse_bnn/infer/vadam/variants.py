@@ -37,31 +37,10 @@ class VOGN(Vadam):
         torch.Size([2])
     """
 
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        *,
-        num_data: float,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        prior_precision: float = 1.0,
-        num_particles: int = 1,
-        prec_init: float | None = None,
-        eps: float = 1e-8,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            params,
-            num_data=num_data,
-            lr=lr,
-            betas=betas,
-            prior_precision=prior_precision,
-            num_particles=num_particles,
-            prec_init=prec_init,
-            eps=eps,
-            per_example_grads=True,
-            generator=generator,
-        )
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], **options: Any) -> None:
+        if "per_example_grads" in options:
+            raise TypeError("VOGN always uses per-example gradients: drop per_example_grads")
+        super().__init__(params, **options, per_example_grads=True)
 
 
 class VadamARD(Vadam):
@@ -92,7 +71,7 @@ class VadamARD(Vadam):
 
     Args:
         params, num_data, lr, betas, num_particles, eps, per_example_grads, generator: as
-            :class:`Vadam`.
+            :class:`Vadam` (keywords).
         prior_precision: initial ``lam_j`` for every weight.
         prec_init: initial posterior precision (default ``prior_precision``).
         a0, b0: shape and rate of the Gamma prior on each ``psi_j`` (0, 0: the ARD limit).
@@ -118,37 +97,18 @@ class VadamARD(Vadam):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         *,
-        num_data: float,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        prior_precision: float = 1.0,
-        num_particles: int = 1,
-        prec_init: float | None = None,
-        eps: float = 1e-8,
         a0: float = 0.0,
         b0: float = 0.0,
         psi_min: float = 1e-8,
         psi_max: float = 1e8,
         variant: str = "gamma",
-        per_example_grads: bool = False,
-        generator: torch.Generator | None = None,
+        **options: Any,
     ) -> None:
         if variant not in ("gamma", "thesis"):
             raise ValueError(f"variant must be 'gamma' or 'thesis', got {variant!r}")
         self.variant = variant
         self._ard_defaults = {"a0": a0, "b0": b0, "psi_min": psi_min, "psi_max": psi_max}
-        super().__init__(
-            params,
-            num_data=num_data,
-            lr=lr,
-            betas=betas,
-            prior_precision=prior_precision,
-            num_particles=num_particles,
-            prec_init=prec_init,
-            eps=eps,
-            per_example_grads=per_example_grads,
-            generator=generator,
-        )
+        super().__init__(params, **options)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; ``a0``, ``b0``, ``psi_min`` and ``psi_max`` may be set per group."""
