@@ -97,7 +97,7 @@ def _svi_fit(bnn, x, y, settings: dict, guide: str = "sparse_vd") -> psb.FitResu
         num_posterior_samples=settings["num_posterior_samples"],
         seed=settings["seed"],
         progress=settings["progress"],
-        traced=True,
+        graph="traced",
     )
 
 

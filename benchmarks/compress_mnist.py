@@ -15,7 +15,7 @@ Adam steps, 400 epochs of 8,000 are 32,000; 10 for LeNet-5, whose convolutions a
 CPU cores): Adam, batch 100, ``EPOCHS`` epochs with the learning rate constant for the
 first half and then linearly to 0 (lr 1e-3; 3e-3 for the variational methods; 1e-2 for the L0
 gates, which move at most about lr per Adam step); variational methods use the local
-reparameterisation ELBO, traced (``fit(..., traced=True)``), with a KL weight rising linearly
+reparameterisation ELBO, traced (``fit(..., graph="traced")``), with a KL weight rising linearly
 over ``KL_WARMUP`` epochs. The L0 ``lambda`` is 20 per layer instead of the paper's 0.1: with
 8,000 images instead of 60,000 and far fewer steps the penalty must dominate the gradient noise
 of the gates sooner. The L1 factor of each layer is a

@@ -108,7 +108,7 @@ def run_sgmcmc(name: str, data, args, **options: Any) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     row = summarise(name, fit, data, seconds)
     iterations = args.burn_in + args.draws * args.thin
-    return row | {"iterations": iterations, "chains": args.chains, "compiled": fit.info["compiled"]}
+    return row | {"iterations": iterations, "chains": args.chains, "compiled": fit.info["traced"]}
 
 
 def run_svi(data, args) -> dict[str, Any]:

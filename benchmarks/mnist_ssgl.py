@@ -67,7 +67,7 @@ def run(name: str, data: tuple, args: argparse.Namespace) -> dict:
         **{f"sparsity_{k.split('.')[0]}": float(z.float().mean()) for k, z in zero.items()},
         "seconds": seconds,
         "iterations": args.burn_in + args.draws * args.thin,
-        "compiled": fit.info["compiled"],
+        "compiled": fit.info["traced"],
     }
 
 

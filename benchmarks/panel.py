@@ -420,7 +420,7 @@ def fit_nuts(prior: str, pr: Problem, data: Data, budget: Budget) -> psb.FitResu
     return psb.fit(
         linear_model(prior, pr, data), data.X_train, data.y_train, method="nuts", num_chains=4,
         warmup=budget.nuts_draws, num_samples=budget.nuts_draws, target_accept=0.95,
-        compile=True, seed=FIT_SEED, progress=False,
+        graph="compiled", seed=FIT_SEED, progress=False,
     )  # fmt: skip
 
 

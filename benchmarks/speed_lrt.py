@@ -8,12 +8,12 @@ Steps, all with Adam on the same network and MNIST-10k minibatches, one torch th
 * ``plain``: a deterministic ``nn.Sequential`` step on the cross-entropy;
 * ``lrt``: ``SparseBNN`` (Normal prior) with the mean-field guide (``guides.mean_field``) and
   ``LocalReparameterizationELBO`` (pre-activations sampled, analytic KL): the step
-  ``fit(..., elbo="lrt", traced=True)`` takes, replayed from its traced graph (``TracedELBO``);
+  ``fit(..., elbo="lrt", graph="traced")`` takes, replayed from its traced graph (``TracedELBO``);
 * ``lrt_compiled``: ``lrt`` with the traced graph compiled by Inductor
-  (``fit(..., elbo="lrt", traced="compiled")``: fused elementwise kernels);
+  (``fit(..., elbo="lrt", graph="compiled")``: fused elementwise kernels);
 * ``lrt_sparsevd``, ``lrt_sparsevd_compiled``: the same with the log-uniform prior and the SparseVD
   guide;
-* ``lrt_eager``: ``lrt`` run through Pyro's handlers every step (``traced=False``);
+* ``lrt_eager``: ``lrt`` run through Pyro's handlers every step (``graph="eager"``);
 * ``naive``: the stock Pyro step, mean-field guide and ``TraceMeanField_ELBO`` run eagerly: one
   weight draw per minibatch, shared by its 100 examples;
 * ``naive_traced``: ``naive`` replayed from its traced graph, the arithmetic of a shared draw;
@@ -56,15 +56,15 @@ ROUNDS, STEPS = 40, 10
 
 
 def svi_step(
-    prior, guide_name: str, elbo, x: torch.Tensor, y: torch.Tensor, n: int, traced: bool | str
+    prior, guide_name: str, elbo, x: torch.Tensor, y: torch.Tensor, n: int, graph: str
 ) -> Callable:
     torch.manual_seed(0)
     bnn = psb.SparseBNN(psb.mlp([784, 300, 100, 10]), prior, psb.likelihoods.Categorical())
     guide = psb.guides.make_guide(guide_name, bnn)
     guide(x[:BATCH], y[:BATCH])
     params = [*bnn.parameters(), *guide.parameters()]
-    optimizer = torch.optim.Adam(params, lr=1e-3, fused=bool(traced))  # as fit_svi
-    loss = TracedELBO(elbo.differentiable_loss, bnn, guide, params, traced=traced)
+    optimizer = torch.optim.Adam(params, lr=1e-3, fused=graph != "eager")  # as fit_svi
+    loss = TracedELBO(elbo.differentiable_loss, bnn, guide, params, graph=graph)
     batches = x.split(BATCH), y.split(BATCH)
     state = {"i": 0}
 
@@ -156,15 +156,15 @@ def main() -> None:
     lrt, naive = LocalReparameterizationELBO(), TraceMeanField_ELBO()
     variants = {
         "plain": plain_step(x, y),
-        "lrt": svi_step(normal, "mean_field", lrt, x, y, n, traced=True),
-        "lrt_compiled": svi_step(normal, "mean_field", lrt, x, y, n, traced="compiled"),
-        "lrt_sparsevd": svi_step(log_uniform, "sparse_vd", lrt, x, y, n, traced=True),
+        "lrt": svi_step(normal, "mean_field", lrt, x, y, n, graph="traced"),
+        "lrt_compiled": svi_step(normal, "mean_field", lrt, x, y, n, graph="compiled"),
+        "lrt_sparsevd": svi_step(log_uniform, "sparse_vd", lrt, x, y, n, graph="traced"),
         "lrt_sparsevd_compiled": svi_step(
-            log_uniform, "sparse_vd", lrt, x, y, n, traced="compiled"
+            log_uniform, "sparse_vd", lrt, x, y, n, graph="compiled"
         ),
-        "lrt_eager": svi_step(normal, "mean_field", lrt, x, y, n, traced=False),
-        "naive": svi_step(normal, "mean_field", naive, x, y, n, traced=False),
-        "naive_traced": svi_step(normal, "mean_field", naive, x, y, n, traced=True),
+        "lrt_eager": svi_step(normal, "mean_field", lrt, x, y, n, graph="eager"),
+        "naive": svi_step(normal, "mean_field", naive, x, y, n, graph="eager"),
+        "naive_traced": svi_step(normal, "mean_field", naive, x, y, n, graph="traced"),
         "lrt_matrix_products": lrt_matrix_products(x),
         "lrt_floor": lrt_floor(x),
     }

@@ -44,7 +44,7 @@ from .infer.fit import METHODS
 from .infer.result import FitResult
 from .io import atomic_path
 from .nn import SparseBNN, mlp
-from .validation import check_keywords, check_xy
+from .validation import GRAPH_MODES, check_keywords, check_xy
 
 __all__ = ["PRIORS", "SVI_LR", "SVI_MIN_STEPS", "add_parser", "main", "run"]
 
@@ -127,14 +127,12 @@ def _method_options(
         "lr": args.lr,
         "kl_warmup": args.kl_warmup,
         "guide": args.guide,
-        "traced": "compiled" if args.compiled else True if args.traced else None,
+        "graph": args.graph,
     }
     given = {k: v for k, v in given.items() if v is not None}
     for name in given:
         if name not in accepted:
-            flag = "--compiled" if name == "traced" and args.compiled else f"--{name}"
-            flag = flag.replace("_", "-")
-            raise ValueError(f"{flag} does not apply to --method {method}")
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to --method {method}")
     always = {"seed": args.seed, "progress": not args.quiet}
     if method == "svi" and n_rows is not None:
         always = {"lr": SVI_LR, "epochs": _svi_epochs(n_rows, args.batch_size)} | always
@@ -228,8 +226,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     fit.add_argument(
         "--kl-warmup", type=int, metavar="EPOCHS", help="svi KL warm-up (default: epochs / 3)"
     )
-    fit.add_argument("--traced", action="store_true", help="svi: replay steps from a traced graph")
-    fit.add_argument("--compiled", action="store_true", help="svi: --traced, graph compiled")
+    fit.add_argument(
+        "--graph", choices=GRAPH_MODES, help="how each step runs the model (method default)"
+    )
     fit.add_argument("--seed", type=int, default=0, help="seed of the split and the fit")
     fit.add_argument("--test-size", type=float, default=0.25, help="test share of a file")
     fit.add_argument("--target", help="CSV target column (name or index; default: last)")
@@ -307,9 +306,8 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if lightning and args.method != "svi":
         raise ValueError(f"--devices/--strategy train with SVI only, not --method {args.method}")
-    if lightning and (args.traced or args.compiled):
-        flag = "--compiled" if args.compiled else "--traced"
-        raise ValueError(f"{flag} applies to single-process SVI, not to --devices/--strategy")
+    if lightning and args.graph is not None:
+        raise ValueError("--graph applies to single-process fits, not to --devices/--strategy")
     if lightning and args.batch_size is not None:
         world = (args.devices or 1) * args.num_nodes
         if args.batch_size % world:

@@ -138,6 +138,28 @@ def check_choice(value: Any, name: str, choices: list[str] | tuple[str, ...]) ->
     return value
 
 
+GRAPH_MODES = ("eager", "traced", "compiled")
+"""Values of the ``graph`` option of every iterative method (svi, nuts/hmc, SG-MCMC): how each
+step evaluates the model. ``"eager"`` runs it under Pyro's effect handlers; ``"traced"`` replays
+a graph of ATen operations traced once (``make_fx``) and checked against the eager step, falling
+back to eager with a warning where tracing fails; ``"compiled"`` also compiles that graph with
+``torch.compile``."""
+
+
+def check_graph(graph: Any, allowed: tuple[str, ...] = GRAPH_MODES) -> str:
+    """``graph`` if it is one of ``allowed`` (:data:`GRAPH_MODES`); else a ValueError/TypeError.
+
+    >>> check_graph("traced")
+    'traced'
+    >>> check_graph(True)
+    Traceback (most recent call last):
+    TypeError: graph must be one of ['compiled', 'eager', 'traced'] (a string), got True
+    """
+    if not isinstance(graph, str):
+        raise TypeError(f"graph must be one of {sorted(allowed)} (a string), got {graph!r}")
+    return check_choice(graph, "graph", allowed)
+
+
 def check_bool(value: Any, name: str) -> bool:
     """A flag: ``True`` or ``False`` only (a truthy string is a ``TypeError`` naming ``name``).
 

@@ -55,14 +55,15 @@ def test_fit_writes_a_loadable_result_and_consistent_metrics(npz_fit):
 
 
 def test_traced_fit_gives_the_eager_fit(npz_fit, tmp_path, monkeypatch):
-    """``--traced`` replays the same SVI steps from a graph: the same metrics as the eager fit
+    """``--graph traced`` replays the same SVI steps from a graph: the same metrics as the eager fit
     of the fixture (up to the rounding of fused Adam)."""
     _, eager = npz_fit
     traces = []
     trace = TracedELBO._trace
     monkeypatch.setattr(TracedELBO, "_trace", lambda self, *a: traces.append(1) or trace(self, *a))
     argv = ["fit", str(eager.parent / "blobs.npz"), "--hidden", "4", "--epochs", "30", "--lr"]
-    argv += ["0.05", "--prior", "laplace", "--prior-arg", "scale=0.5", "--no-plots", "--traced"]
+    argv += ["0.05", "--prior", "laplace", "--prior-arg", "scale=0.5", "--no-plots"]
+    argv += ["--graph", "traced"]
     assert main([*argv, "-o", str(tmp_path / "out"), "--quiet"]) == 0
     traced = json.loads((tmp_path / "out" / "metrics.json").read_text())
     expected = json.loads((eager / "metrics.json").read_text())
@@ -84,10 +85,9 @@ def test_traced_fit_gives_the_eager_fit(npz_fit, tmp_path, monkeypatch):
         (["fit", "iris", "-o", "out", "--devices", "2", "--method", "l1"], "SVI only"),
         (["fit", "BAD_CSV", "-o", "out"], "not a table of numbers"),
         (["fit", "iris", "-o", "out", "--method", "sgld", "--epochs", "5"], "does not apply"),
-        (["fit", "iris", "-o", "out", "--method", "l1", "--traced"], "--traced does not apply"),
-        (["fit", "iris", "-o", "out", "--devices", "2", "--traced"], "single-process SVI"),
-        (["fit", "iris", "-o", "out", "--method", "l1", "--compiled"], "--compiled does not apply"),
-        (["fit", "iris", "-o", "out", "--devices", "2", "--compiled"], "--compiled applies to"),
+        (["fit", "iris", "-o", "out", "--method", "l1", "--graph", "traced"], "--graph does not"),
+        (["fit", "iris", "-o", "out", "--devices", "2", "--graph", "eager"], "single-process"),
+        (["fit", "iris", "-o", "out", "--graph", "jit"], "invalid choice: 'jit'"),
     ],
 )
 def test_bad_input_is_a_usage_error_with_one_clear_line(argv, message, tmp_path, capsys):

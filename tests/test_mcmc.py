@@ -319,7 +319,7 @@ def test_compiled_leaf_step_matches_the_eager_one():
     for eager, compiled in zip(*outputs, strict=True):
         assert torch.allclose(eager, compiled, rtol=1e-4, atol=1e-4)
     # and a short compiled NUTS run through fit_mcmc
-    fit = fit_mcmc(bnn, x, y, num_chains=2, num_samples=10, warmup=10, compile=True,
+    fit = fit_mcmc(bnn, x, y, num_chains=2, num_samples=10, warmup=10, graph="compiled",
                    progress=False)  # fmt: skip
     assert fit.info["compiled"] and torch.isfinite(fit.sample_stats["lp"]).all()
 

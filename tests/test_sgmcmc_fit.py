@@ -74,7 +74,7 @@ def test_sgld_on_a_pyro_model_matches_the_conjugate_posterior():
         linear_model, x, y, method="sgld", step_size=eps, num_samples=1000, warmup=300,
         num_chains=20, progress=False, init={"w": torch.zeros(3, dtype=DT)},
     )  # fmt: skip
-    assert fit.method == "sgld" and fit.info["vectorised"] and fit.info["compiled"]
+    assert fit.method == "sgld" and fit.info["vectorised"] and fit.info["traced"]
     draws = fit.samples["w"].reshape(-1, 3)
     assert ((draws.mean(0) - mean).abs() <= 0.05 * mean.abs()).all()
     ratio = draws.var(0) / torch.linalg.inv(precision).diagonal()
@@ -144,7 +144,7 @@ def test_sgld_sa_large_p_small_n_puts_the_two_strong_signals_on_top():
         step_size=PolynomialDecay(1e-3, power=1 / 3), num_samples=1500, warmup=1500,
         num_chains=4, progress=False, init={"w": torch.zeros(1000)},
     )  # fmt: skip
-    assert fit.info["noise_site"] == "noise" and fit.info["compiled"]
+    assert fit.info["noise_site"] == "noise" and fit.info["traced"]
     post_mean = fit.samples["w"].mean((0, 1))
     top = post_mean.abs().argsort(descending=True)[:2]
     assert set(top.tolist()) == {0, 1}
@@ -190,10 +190,10 @@ def test_traced_gradient_reproduces_eager_sampling():
     bnn = psb.SparseBNN(psb.mlp([4, 3]), prior, likelihood, bias_prior=psb.priors.Normal())
     options = {"step_size": 2e-4, "num_samples": 30, "warmup": 20, "num_chains": 3}
     runs = [
-        fit_sgmcmc(bnn, X, y, progress=False, compile=compiled, **options)
-        for compiled in (False, True)
+        fit_sgmcmc(bnn, X, y, progress=False, graph=graph, **options)
+        for graph in ("eager", "traced")
     ]
-    assert not runs[0].info["compiled"] and runs[1].info["compiled"]
+    assert not runs[0].info["traced"] and runs[1].info["traced"]
     for site, draws in runs[0].samples.items():
         assert torch.allclose(draws, runs[1].samples[site], rtol=1e-4, atol=1e-5), site
 
@@ -216,7 +216,7 @@ def test_models_that_cannot_be_vmapped_or_traced_run_chain_by_chain():
             branching_model, x, y, method="sgld", step_size=eps, num_samples=200, warmup=100,
             num_chains=3, progress=False,
         )  # fmt: skip
-    assert not fit.info["vectorised"] and not fit.info["compiled"]
+    assert not fit.info["vectorised"] and not fit.info["traced"]
     assert ((fit.samples["w"].mean((0, 1)) - mean).abs() < 0.05 * mean.abs()).all()
 
 

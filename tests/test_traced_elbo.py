@@ -32,12 +32,12 @@ def iris() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
-def _fit(iris, prior: psb.priors.Prior, elbo: str, traced: bool | str) -> psb.FitResult:
+def _fit(iris, prior: psb.priors.Prior, elbo: str, graph: str) -> psb.FitResult:
     torch.manual_seed(0)  # the network's initial weights
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), prior, psb.likelihoods.Categorical())
     return psb.fit(
         bnn, *iris, method="svi", elbo=elbo, epochs=6, batch_size=64, kl_warmup=3, lr=0.05,
-        seed=1, progress=False, traced=traced,
+        seed=1, progress=False, graph=graph,
     )  # fmt: skip
 
 
@@ -48,7 +48,7 @@ def _fit(iris, prior: psb.priors.Prior, elbo: str, traced: bool | str) -> psb.Fi
 )
 def test_traced_fit_takes_the_eager_fits_steps(iris, prior, elbo: str) -> None:
     # 150 rows in minibatches of 64: two graphs (64 and 22 rows), KL warm-up changing the scale.
-    eager, traced = (_fit(iris, prior, elbo, traced) for traced in (False, True))
+    eager, traced = (_fit(iris, prior, elbo, graph) for graph in ("eager", "traced"))
     np.testing.assert_allclose(traced.info["history"], eager.info["history"], rtol=1e-5)
     for a, b in zip(eager.guide.parameters(), traced.guide.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
@@ -58,17 +58,17 @@ def test_traced_fit_takes_the_eager_fits_steps(iris, prior, elbo: str) -> None:
 def test_compiled_fit_takes_the_traced_fits_steps(iris, recwarn) -> None:
     """(Not the eager fit's: LRT's first eager step draws the weights, the traced ones start from
     the settled estimator, which passes the means, so the random streams differ.)"""
-    traced, compiled = (_fit(iris, psb.priors.Normal(), "lrt", t) for t in (True, "compiled"))
+    traced, compiled = (_fit(iris, psb.priors.Normal(), "lrt", g) for g in ("traced", "compiled"))
     assert not [w for w in recwarn if "SVI step" in str(w.message)]
     np.testing.assert_allclose(compiled.info["history"], traced.info["history"], rtol=1e-4)
     for a, b in zip(traced.guide.parameters(), compiled.guide.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
-def _step(bnn, guide, x, y, traced: bool | str) -> TracedELBO:
+def _step(bnn, guide, x, y, graph: str) -> TracedELBO:
     params = [*bnn.parameters(), *guide.parameters()]
     return TracedELBO(LocalReparameterizationELBO().differentiable_loss, bnn, guide, params,
-                      traced=traced)  # fmt: skip
+                      graph=graph)  # fmt: skip
 
 
 def test_lrt_graph_gives_the_eager_loss_and_gradients(iris) -> None:
@@ -77,25 +77,26 @@ def test_lrt_graph_gives_the_eager_loss_and_gradients(iris) -> None:
     guide = psb.guides.sparse_vd(bnn)
     guide(x, y)
     results = []
-    for traced in (False, True):
-        step = _step(bnn, guide, x, y, traced)
+    for graph in ("eager", "traced"):
+        step = _step(bnn, guide, x, y, graph)
         step(x, y, observed=4.0, latent=1.0)  # LRT learns which draws it can skip
         torch.manual_seed(5)
         loss = step(x, y, observed=4.0, latent=1.0)
         results.append([loss, *(p.grad.clone() for p in step.params)])
+        traced = graph == "traced"
         assert step.traced == traced and len(step._graphs) == int(traced)
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
-def _sparse_vd_lrt(iris, traced: bool | str) -> tuple[TracedELBO, list[torch.Tensor]]:
+def _sparse_vd_lrt(iris, graph: str) -> tuple[TracedELBO, list[torch.Tensor]]:
     """One SparseVD + LRT step on 32 iris rows from seed 5: the step and [loss, *grads]."""
     x, y = iris[0][:32], iris[1][:32]
     torch.manual_seed(0)
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.LogUniform(), psb.likelihoods.Categorical())
     guide = psb.guides.sparse_vd(bnn)
     guide(x, y)
-    step = _step(bnn, guide, x, y, traced)
+    step = _step(bnn, guide, x, y, graph)
     step(x, y, observed=4.0, latent=1.0)
     torch.manual_seed(5)
     loss = step(x, y, observed=4.0, latent=1.0)
@@ -106,8 +107,8 @@ def _sparse_vd_lrt(iris, traced: bool | str) -> tuple[TracedELBO, list[torch.Ten
 def test_compiled_graph_gives_the_eager_loss_and_gradients(iris, recwarn) -> None:
     """Inductor fuses the graph's arithmetic (reductions may sum in another order), but its
     random draws are torch's: the same noise, so the same step up to float32 rounding."""
-    _, expected = _sparse_vd_lrt(iris, traced=False)
-    step, got = _sparse_vd_lrt(iris, traced="compiled")
+    _, expected = _sparse_vd_lrt(iris, graph="eager")
+    step, got = _sparse_vd_lrt(iris, graph="compiled")
     assert not [w for w in recwarn if "SVI step" in str(w.message)]
     (graph,) = step._graphs.values()
     assert graph is not None and not isinstance(graph, fx.GraphModule)  # the compiled one
@@ -130,8 +131,8 @@ def test_compiled_conv_net_draws_the_eager_noise(recwarn) -> None:
     guide = psb.guides.sparse_vd(bnn)
     guide(x, y)
     results = []
-    for traced in (False, "compiled"):
-        step = _step(bnn, guide, x, y, traced)
+    for graph in ("eager", "compiled"):
+        step = _step(bnn, guide, x, y, graph)
         step(x, y, observed=1.0, latent=1.0)
         torch.manual_seed(5)
         results.append([step(x, y, observed=1.0, latent=1.0), *(p.grad for p in step.params)])
@@ -146,9 +147,9 @@ def test_graph_that_cannot_be_compiled_is_replayed_uncompiled(iris, monkeypatch)
         raise RuntimeError("no compiler\nmore")
 
     monkeypatch.setattr(torch, "compile", fail)
-    _, expected = _sparse_vd_lrt(iris, traced=True)
+    _, expected = _sparse_vd_lrt(iris, graph="traced")
     with pytest.warns(UserWarning, match=r"compiling .* failed \(RuntimeError: no compiler\)"):
-        step, got = _sparse_vd_lrt(iris, traced="compiled")
+        step, got = _sparse_vd_lrt(iris, graph="compiled")
     (graph,) = step._graphs.values()
     assert isinstance(graph, fx.GraphModule)
     for a, b in zip(expected, got, strict=True):
@@ -230,7 +231,7 @@ def test_graph_that_read_the_data_is_dropped_on_new_data(iris) -> None:
     step(x, y, observed=1.0, latent=1.0)  # same data as traced on: the constant is right
     assert step._graphs[_key(x, y)] is not None
     other_x, other_y = iris[0][16:32], iris[0][16:32, 1]
-    eager = TracedELBO(step.loss_fn, step.model, step.guide, step.params, traced=False)
+    eager = TracedELBO(step.loss_fn, step.model, step.guide, step.params, graph="eager")
     torch.manual_seed(2)
     expected = eager(other_x, other_y, observed=1.0, latent=1.0)
     torch.manual_seed(2)
@@ -240,12 +241,19 @@ def test_graph_that_read_the_data_is_dropped_on_new_data(iris) -> None:
     torch.testing.assert_close(loss, expected)  # this step already ran eagerly
 
 
-def test_bad_traced_flag_is_rejected(iris) -> None:
+@pytest.mark.parametrize("method", ["svi", "nuts", "sgld"])
+def test_bad_graph_option_is_rejected_by_every_method(iris, method) -> None:
     bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
-    with pytest.raises(ValueError, match="traced must be True, False or 'compiled', got 'yes'"):
-        psb.fit(bnn, *iris, method="svi", epochs=1, traced="yes", progress=False)
-    with pytest.raises(TypeError, match="traced must be a bool or 'compiled', got 1"):
-        psb.fit(bnn, *iris, method="svi", epochs=1, traced=1, progress=False)
+    with pytest.raises(ValueError, match=r"graph must be one of .*'traced'.*, got 'yes'"):
+        psb.fit(bnn, *iris, method=method, graph="yes", progress=False)
+    with pytest.raises(TypeError, match=r"graph must be one of .* got True"):
+        psb.fit(bnn, *iris, method=method, graph=True, progress=False)
+
+
+def test_sgmcmc_offers_no_compiled_graph(iris) -> None:
+    bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
+    with pytest.raises(ValueError, match=r"graph must be one of \['eager', 'traced'\]"):
+        psb.fit(bnn, *iris, method="sgld", graph="compiled", progress=False)
 
 
 def test_conv_net_with_max_pool_traces(recwarn) -> None:
@@ -259,7 +267,7 @@ def test_conv_net_with_max_pool_traces(recwarn) -> None:
     bnn = psb.SparseBNN(net, psb.priors.LogUniform(), psb.likelihoods.Categorical())
     guide = psb.guides.sparse_vd(bnn)
     guide(x, y)
-    step = _step(bnn, guide, x, y, traced=True)
+    step = _step(bnn, guide, x, y, graph="traced")
     step(x, y, observed=1.0, latent=1.0)
     assert step._graphs[_key(x, y)] is not None
     assert not [w for w in recwarn if "traced SVI step" in str(w.message)]

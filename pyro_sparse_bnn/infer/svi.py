@@ -21,13 +21,14 @@ from ..isolation import check_seed, isolated
 from ..lrt import LocalReparameterizationELBO
 from ..validation import (
     check_choice,
+    check_graph,
     check_positive,
     check_positive_int,
     check_xy,
 )
 from .loop import LR_SCHEDULES, LoopOptions, check_step, kl_weight, lr_scheduler
 from .result import FitResult
-from .traced_elbo import TracedELBO, check_traced
+from .traced_elbo import TracedELBO
 
 __all__ = ["check_svi_options", "fit_svi"]
 
@@ -94,7 +95,7 @@ def fit_svi(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 10,
     resume: str | os.PathLike | None = None,
-    traced: bool | str = False,
+    graph: str = "eager",
 ) -> FitResult:
     """Fit ``model`` by maximising the ELBO with Adam over minibatches.
 
@@ -115,13 +116,14 @@ def fit_svi(
             (:class:`~pyro_sparse_bnn.infer.loop.LoopOptions`): a progress bar, a per-epoch
             ``callback(epoch, loss)`` that stops the fit by returning ``True``, atomic
             checkpoints and exact resume.
-        traced: replay each step from a graph of tensor operations traced once per minibatch
-            shape (:class:`~pyro_sparse_bnn.infer.traced_elbo.TracedELBO`) instead of running
-            the model and guide under Pyro's handlers: the same loss and gradients, 1.5-2x
-            faster steps; Adam then runs fused (one kernel per parameter). Steps that cannot be
-            traced run eagerly with a warning. ``"compiled"`` also compiles each graph with
-            ``torch.compile`` (Inductor fuses the elementwise work; costs seconds to a minute
-            per minibatch shape, worth it for long fits of large layers).
+        graph: ``"eager"`` (default) runs the model and guide under Pyro's handlers each step;
+            ``"traced"`` replays each step from a graph of tensor operations traced once per
+            minibatch shape (:class:`~pyro_sparse_bnn.infer.traced_elbo.TracedELBO`): the same
+            loss and gradients, 1.5-2x faster steps, Adam fused (one kernel per parameter);
+            steps that cannot be traced run eagerly with a warning. ``"compiled"`` also
+            compiles each graph with ``torch.compile`` (Inductor fuses the elementwise work;
+            costs seconds to a minute per minibatch shape, worth it for long fits of large
+            layers). Every method's ``graph``: :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`.
 
     The loss is the negative ELBO per training row; the history is in ``result.info["history"]``.
 
@@ -150,7 +152,7 @@ def fit_svi(
         guide=guide,
     )
     check_seed(seed)
-    check_traced(traced)
+    check_graph(graph)
     loop = LoopOptions(
         epochs,
         progress,
@@ -168,10 +170,10 @@ def fit_svi(
     start = time.perf_counter()
     guide(x[:batch_size], y[:batch_size])
     params = list({id(p): p for m in (model, guide) for p in _parameters(m)}.values())
-    optimizer = torch.optim.Adam(params, lr=lr, fused=bool(traced))  # one kernel per parameter
+    optimizer = torch.optim.Adam(params, lr=lr, fused=graph != "eager")  # one kernel per parameter
     scheduler = lr_scheduler(optimizer, lr_schedule, epochs)
     loss_fn = ELBOS[elbo](num_particles=num_particles).differentiable_loss
-    step = TracedELBO(loss_fn, model, guide, params, traced=traced)
+    step = TracedELBO(loss_fn, model, guide, params, graph=graph)
     order = torch.Generator().manual_seed(seed)
 
     def epoch(e: int) -> float:

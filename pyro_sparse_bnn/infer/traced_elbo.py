@@ -15,7 +15,7 @@ then on, with a warning. As with Pyro's ``JitTrace_ELBO``, the model's Python co
 depend on shapes but not on tensor values: a value that Python reads from a tensor becomes a
 constant of the graph, and the checks only catch it when it changes between them.
 
-With ``traced="compiled"`` the checked graph is further compiled by ``torch.compile``'s Inductor
+With ``graph="compiled"`` the checked graph is further compiled by ``torch.compile``'s Inductor
 backend, which fuses its elementwise operations (the per-weight KL terms, the guide's scale
 transforms, the local-reparameterisation noise) into a few generated C++ (CPU, needs a C++
 compiler) or Triton (CUDA) kernels; random draws still come from torch's generator, so the
@@ -49,9 +49,10 @@ from torch import Tensor, fx, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..handlers import ScaleSites
+from ..validation import check_graph
 from .graph_simplify import simplify_graph
 
-__all__ = ["TracedELBO", "check_traced"]
+__all__ = ["TracedELBO"]
 
 LossFn = Callable[..., Tensor]
 Graph = Callable[..., list[Tensor]]  # (*params, x, y, observed, latent) -> [loss, *grads]
@@ -64,8 +65,8 @@ class TracedELBO:
         loss_fn: a differentiable ELBO loss, e.g. ``TraceMeanField_ELBO().differentiable_loss``.
         model, guide: the Pyro model and guide (already run once, so their parameters exist).
         params: the parameters to differentiate; their ``.grad`` is set by each call.
-        traced: ``False`` runs every step eagerly (same results, no tracing); ``"compiled"``
-            also compiles each graph with Inductor.
+        graph: ``"traced"``; ``"eager"`` runs every step eagerly (same results, no tracing);
+            ``"compiled"`` also compiles each graph with Inductor.
 
     Calling it returns the loss (detached) and leaves the gradients in ``p.grad``.
     """
@@ -77,12 +78,12 @@ class TracedELBO:
         guide: Callable,
         params: list[nn.Parameter],
         *,
-        traced: bool | str = True,
+        graph: str = "traced",
     ) -> None:
-        check_traced(traced)
+        check_graph(graph)
         self.loss_fn, self.model, self.guide = loss_fn, model, guide
         self.params = list(params)
-        self.traced, self.compiled = bool(traced), traced == "compiled"
+        self.traced, self.compiled = graph != "eager", graph == "compiled"
         self._graphs: dict[tuple, Graph | None] = {}
         self._unchecked: dict[tuple, tuple[Tensor, Tensor]] = {}  # the data each was traced on
 
@@ -181,22 +182,6 @@ class TracedELBO:
         tol = 1e-4 if x.dtype == torch.float32 else 1e-9
         pairs = zip(expected, got, strict=True)
         return all(torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in pairs)
-
-
-def check_traced(traced: bool | str) -> bool | str:
-    """``traced`` if it is ``True``, ``False`` or ``"compiled"``; else a TypeError/ValueError.
-
-    >>> check_traced("compiled")
-    'compiled'
-    >>> check_traced("yes")
-    Traceback (most recent call last):
-    ValueError: traced must be True, False or 'compiled', got 'yes'
-    """
-    if not isinstance(traced, bool | str):
-        raise TypeError(f"traced must be a bool or 'compiled', got {traced!r}")
-    if isinstance(traced, str) and traced != "compiled":
-        raise ValueError(f"traced must be True, False or 'compiled', got {traced!r}")
-    return traced
 
 
 def _warn(what: str) -> None:

@@ -5,10 +5,12 @@ Two backends run the same algorithm (Pyro's multinomial NUTS with Stan's warm-up
 * ``backend="fast"`` (default) lays the latent sites out in one unconstrained vector, traces the
   batched potential and its gradient once into an ATen graph (:mod:`.potential`) and runs all
   chains in lockstep through one batched evaluation per leapfrog step (:mod:`.fast_nuts`).
-  ``compile=True`` also fuses each leapfrog step with its bookkeeping through ``torch.compile``
-  (a one-off compilation of tens of seconds that pays off on long runs).
+  ``graph="compiled"`` also fuses each leapfrog step with its bookkeeping through
+  ``torch.compile`` (a one-off compilation of tens of seconds that pays off on long runs);
+  ``graph="eager"`` evaluates the potential under Pyro's handlers instead of the traced graph.
 * ``backend="pyro"`` runs Pyro's own :class:`~pyro.infer.NUTS`/:class:`~pyro.infer.HMC` kernels,
-  chain after chain, from the same starting values (``compile=True`` maps to ``jit_compile``).
+  chain after chain, from the same starting values (``graph="compiled"`` maps to Pyro's
+  ``jit_compile``; the other modes run Pyro's kernels as they are).
 
 Deterministic sites (the weights of non-centred priors) are not sampled; they are recomputed by
 replaying the model on every draw, so the result holds every latent and deterministic site.
@@ -49,7 +51,7 @@ from torch import Tensor, nn
 
 from ...io import check_writable
 from ...isolation import check_seed, isolated
-from ...validation import check_choice, check_positive, check_positive_int, check_xy
+from ...validation import check_choice, check_graph, check_positive, check_positive_int, check_xy
 from ..loop import load_run, run_state, save_run
 from ..potential import FlatPotential, check_latent_sites, latent_nodes
 from ..result import FitResult
@@ -178,7 +180,7 @@ def _run_pyro(
             "step_size": options["step_size"],
             "full_mass": options["dense_mass"],
             "target_accept_prob": options["target_accept"],
-            "jit_compile": options["compile"],
+            "jit_compile": options["graph"] == "compiled",
             "ignore_jit_warnings": True,
             "init_strategy": init_to_value(values=values),
         }
@@ -255,7 +257,7 @@ def _check_options(
     trajectory_length: float | None,
     num_steps: int | None,
     dense_mass: bool,
-    compile: bool,
+    graph: str,
     seed: int,
     init_options: dict | None,
 ) -> None:
@@ -276,9 +278,9 @@ def _check_options(
         check_positive(trajectory_length, "trajectory_length")
     if num_steps is not None:
         check_positive_int(num_steps, "num_steps")
-    for name, flag in (("dense_mass", dense_mass), ("compile", compile)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if not isinstance(dense_mass, bool):
+        raise TypeError(f"dense_mass must be a bool, got {dense_mass!r}")
+    check_graph(graph)
     if init_options is not None and not isinstance(init_options, Mapping):
         raise TypeError(f"init_options must be a dict, got {type(init_options).__name__}")
     if init_options is not None and init != "svi":
@@ -308,7 +310,7 @@ def fit_mcmc(
     trajectory_length: float | None = None,
     num_steps: int | None = None,
     backend: str = "fast",
-    compile: bool = False,
+    graph: str = "traced",
     seed: int = 0,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
@@ -333,7 +335,10 @@ def fit_mcmc(
         max_tree_depth: NUTS's maximum number of trajectory doublings.
         step_size: the initial step size (then searched and adapted during warm-up).
         backend: ``"fast"`` (batched, traced potential) or ``"pyro"`` (Pyro's kernels).
-        compile: ``torch.compile`` the leapfrog step (fast backend) or ``jit_compile`` (Pyro).
+        graph: ``"traced"`` (the potential and its gradient replayed from a checked ATen
+            graph), ``"eager"`` or ``"compiled"`` (the leapfrog step through ``torch.compile``;
+            Pyro's ``jit_compile`` for ``backend="pyro"``): see
+            :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`.
         progress: one progress bar per chain.
         checkpoint, checkpoint_every: write the run's state (positions, adaptation, the draws so
             far, generator states) to this file, atomically, every ``checkpoint_every``
@@ -357,7 +362,7 @@ def fit_mcmc(
         kernel=kernel, backend=backend, init=init, num_samples=num_samples, warmup=warmup,
         num_chains=num_chains, target_accept=target_accept, max_tree_depth=max_tree_depth,
         step_size=step_size, trajectory_length=trajectory_length, num_steps=num_steps,
-        dense_mass=dense_mass, compile=compile, seed=seed, init_options=init_options,
+        dense_mass=dense_mass, graph=graph, seed=seed, init_options=init_options,
     )  # fmt: skip
     check_positive_int(checkpoint_every, "checkpoint_every")
     if (checkpoint is not None or resume is not None) and backend != "fast":
@@ -400,7 +405,7 @@ def fit_mcmc(
     if backend == "pyro":
         options = {
             "step_size": step_size, "dense_mass": dense_mass, "target_accept": target_accept,
-            "compile": compile, "max_tree_depth": max_tree_depth,
+            "graph": graph, "max_tree_depth": max_tree_depth,
             "trajectory_length": trajectory_length, "num_steps": num_steps,
         }  # fmt: skip
         latent, stats = _run_pyro(
@@ -409,7 +414,9 @@ def fit_mcmc(
         )  # fmt: skip
         info["step_size"] = stats["step_size"][:, -1]
     else:
-        flat = FlatPotential(model, args, num_chains=num_chains, trace=traces[0])
+        flat = FlatPotential(
+            model, args, num_chains=num_chains, trace=traces[0], traced=graph != "eager"
+        )
         theta = torch.stack(
             [flat.flatten({k: n["value"] for k, n in latent_nodes(t).items()}) for t in traces]
         )
@@ -424,7 +431,7 @@ def fit_mcmc(
                 flat.potential_and_grad, theta, num_warmup=warmup, num_samples=num_samples,
                 seeds=seeds, kernel=kernel, step_size=step_size, dense_mass=dense_mass,
                 target_accept=target_accept, max_tree_depth=max_tree_depth,
-                trajectory_length=trajectory, num_steps=num_steps, compile=compile,
+                trajectory_length=trajectory, num_steps=num_steps, compile=graph == "compiled",
                 progress=progress, checkpoint_every=checkpoint_every,
                 checkpoint=save, resume=saved,
             )  # fmt: skip

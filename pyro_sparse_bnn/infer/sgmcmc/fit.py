@@ -18,9 +18,10 @@ minibatch sum is scaled by ``N / n``.
 
 All chains run at once through ``torch.func.vmap`` of the one-chain log density (any model that
 runs for one chain vectorises; one that vmap cannot run is run chain by chain). With
-``compile=True`` the gradient is traced once into an ATen graph (``make_fx``), simplified, checked
-against eager autograd at a second point and minibatch, and replayed without Pyro's per-step
-tracing; a model that cannot be traced (Python branches on tensor values) runs eagerly.
+``graph="traced"`` (the default) the gradient is traced once into an ATen graph (``make_fx``),
+simplified, checked against eager autograd at a second point and minibatch, and replayed without
+Pyro's per-step tracing; a model that cannot be traced (Python branches on tensor values) runs
+eagerly.
 See docs/sgmcmc.md.
 """
 
@@ -41,6 +42,7 @@ from ...isolation import check_seed, isolated, loop_threads
 from ...validation import (
     as_tensor,
     check_choice,
+    check_graph,
     check_number,
     check_positive,
     check_positive_int,
@@ -113,7 +115,7 @@ def fit_sgmcmc(
     pruning: MagnitudePruning | InclusionPruning | None = None,
     init: Mapping[str, Any] | None = None,
     param_lr: float = 1e-2,
-    compile: bool = True,
+    graph: str = "traced",
     seed: int = 0,
     progress: bool = True,
     callback: Callable[[int, float], bool | None] | None = None,
@@ -147,7 +149,9 @@ def fit_sgmcmc(
             at the network's initial weights (SparseBNN) or the prior median.
         param_lr: Adam learning rate for the model's non-sample parameters (e.g. plain network
             biases); they are fitted during warm-up and fixed afterwards.
-        compile: trace the gradient into an ATen graph once (checked; eager fallback).
+        graph: ``"traced"``: trace the gradient into an ATen graph once (checked; eager
+            fallback), or ``"eager"`` (:data:`~pyro_sparse_bnn.validation.GRAPH_MODES`;
+            ``"compiled"`` is not offered here).
         seed: seeds the starting values, the minibatches and the Langevin noise.
         callback: ``callback(iteration, lp)`` after each iteration with the chain-mean log
             density estimate; returning ``True`` stops (at least one draw must be kept).
@@ -159,7 +163,7 @@ def fit_sgmcmc(
     latent and deterministic site (SSGL: the sites that keep their starting values are stored as
     constant draws and listed in ``info["fixed_sites"]``), ``sample_stats`` ``lp`` (the
     minibatch log-density estimate the chain follows, SSGL penalty excluded) and ``step_size``
-    (and ``ssgl_delta``, ``ssgl_sigma``), and ``info`` with ``seconds``, ``compiled``,
+    (and ``ssgl_delta``, ``ssgl_sigma``), and ``info`` with ``seconds``, ``traced``,
     ``vectorised`` and, for SSGL, the final ``delta``, ``sigma`` (per chain), ``rho`` per weight
     site ``(chain, ...)`` and ``inclusion`` (chain-averaged ``rho`` above the inclusion threshold,
     0.5 unless ``InclusionPruning`` sets it).
@@ -202,8 +206,7 @@ def fit_sgmcmc(
         if warmup == 0:
             raise ValueError("InclusionPruning prunes at the end of warm-up: warmup must be > 0")
     check_positive(param_lr, "param_lr")
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be a bool, got {compile!r}")
+    check_graph(graph, ("eager", "traced"))
     check_seed(seed)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
@@ -228,7 +231,7 @@ def fit_sgmcmc(
     method = sampler if ssgl is None else f"{sampler}_{ssgl.update}"
     chains = Chains(num_chains, batch_size, seed, param_lr)
     sampler_run = _Run(model, layout, x, y, integrator, chains, ssgl)
-    sampler_run.setup(compile)
+    sampler_run.setup(trace=graph == "traced")
     signature = {
         "method": method, "num_chains": num_chains, "batch_size": batch_size, "seed": seed,
         "warmup": warmup, "num_samples": num_samples, "thin": thin,
@@ -249,8 +252,8 @@ def fit_sgmcmc(
         "num_chains": num_chains,
         "iterations": stopped_at,
         "batch_size": batch_size,
-        "compiled": sampler_run.gradient.graph is not None,
-        "compile_error": sampler_run.compile_error,
+        "traced": sampler_run.gradient.graph is not None,
+        "trace_error": sampler_run.trace_error,
         "vectorised": sampler_run.density.vectorised,
         "point_parameters": len(sampler_run.params),
         "fixed_sites": list(layout.fixed),

@@ -321,7 +321,7 @@ class _Gradient:
 
         return torch.func.grad_and_value(all_chains, has_aux=True)
 
-    def compile(
+    def trace(
         self, unconstrained: list[Tensor], noise: Tensor | None, batches: list[tuple]
     ) -> str | None:
         """Trace the gradient into an ATen graph; ``None`` on success, else the reason.

@@ -87,7 +87,7 @@ class _Run:
             self.noise = self.ssgl.sigma if layout.noise is not None else None
         self.params = _point_parameters(model, _param_leaves(model, x[:1], y[:1], layout.init))
         self.optimizer = torch.optim.Adam(self.params, lr=param_lr) if self.params else None
-        self.compile_error: str | None = None
+        self.trace_error: str | None = None
         self.masks: dict[str, Tensor] | None = None
         self.late_states: dict[str, list[Tensor]] = {}
 
@@ -108,7 +108,7 @@ class _Run:
         index = index[: self.batch_size]
         return self.x[index], self.y[index]
 
-    def setup(self, compile: bool) -> None:
+    def setup(self, *, trace: bool) -> None:
         """Choose vectorised or per-chain runs and trace the gradient (when nothing is learned)."""
         probe = torch.Generator(device=self.x.device).manual_seed(12345)
         moved = [
@@ -122,26 +122,26 @@ class _Run:
         other = torch.randperm(self.x.shape[0], generator=probe, device=self.x.device)[:b]
         batches = [(self.x[:b], self.y[:b]), (self.x[other], self.y[other])]
         self.density.choose_vectorised(moved, noise, *batches[0])
-        self.compile_requested = compile
-        if compile and not self.params:
-            self._compile(moved, noise, batches)
+        self.trace_requested = trace
+        if trace and not self.params:
+            self._trace(moved, noise, batches)
 
-    def _compile(self, moved: list[Tensor], noise: Tensor | None, batches: list) -> None:
-        self.compile_error = self.gradient.compile(moved, noise, batches)
-        if self.compile_error is not None:
+    def _trace(self, moved: list[Tensor], noise: Tensor | None, batches: list) -> None:
+        self.trace_error = self.gradient.trace(moved, noise, batches)
+        if self.trace_error is not None:
             warnings.warn(
                 f"fit_sgmcmc: running eagerly, the gradient could not be traced "
-                f"({self.compile_error})",
+                f"({self.trace_error})",
                 stacklevel=4,
             )
 
     def _freeze_parameters(self) -> None:
         for p in self.params:
             p.requires_grad_(False)
-        if self.compile_requested:
+        if self.trace_requested:
             b = self.batch_size
             batches = [(self.x[:b], self.y[:b]), (self.x[-b:], self.y[-b:])]
-            self._compile(self._state.params, self.noise, batches)
+            self._trace(self._state.params, self.noise, batches)
 
     def _evaluate(self, learn: bool) -> _Eval:
         """Gradients etc. at the current state; with ``learn``, also one Adam step on ``params``."""
