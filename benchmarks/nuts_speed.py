@@ -9,8 +9,8 @@ depth 10, a diagonal mass matrix adapted in Stan's windows, and starts each chai
 NumPyro's default ``uniform(-2, 2)`` in unconstrained space; one thread each
 (``torch.set_num_threads(1)``, XLA single-threaded).
 
-* ``psbnn``: ``fit_mcmc(compile=True)``, 4 chains x (500 warm-up + 500 draws), all chains batched
-  in lockstep in one process;
+* ``psbnn``: ``fit_mcmc(graph="compiled")``, 4 chains x (500 warm-up + 500 draws), all chains
+  batched in lockstep in one process;
 * ``numpyro``: NumPyro's NUTS, 4 chains x (500 + 500), ``chain_method="sequential"`` (one CPU
   device), skipped if NumPyro is not installed;
 * ``stock_pyro``: ``fit_mcmc(backend="pyro")`` (Pyro's NUTS kernel), far too slow for the full
@@ -86,7 +86,7 @@ def run_psbnn(sizes: list[int], x, y, chains: int, warmup: int, samples: int, de
     start = time.perf_counter()
     fit = fit_mcmc(
         bnn(sizes), x, y, num_chains=chains, warmup=warmup, num_samples=samples, init="uniform",
-        max_tree_depth=depth, compile=True, seed=SEED, progress=False,
+        max_tree_depth=depth, graph="compiled", seed=SEED, progress=False,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     steps = int(fit.info["leapfrog_steps"].sum())
