@@ -1,4 +1,10 @@
-"""A Pyro model's posterior as one flat potential over an unconstrained vector.
+"""A Pyro model's posterior as one flat potential over an unconstrained vector, and the batched
+gradient machinery every sampler shares.
+
+:class:`ChainGradient` evaluates a one-chain function and its gradient for a batch of chains:
+through ``torch.func.vmap`` where the function vectorises, chain by chain where it does not, and
+replayed from a checked ATen graph once traced. NUTS/HMC (through :class:`FlatPotential`) and
+SG-MCMC (:mod:`~pyro_sparse_bnn.infer.sgmcmc.model`) build on it.
 
 :class:`FlatPotential` traces the model once, lays its latent sites out in one unconstrained vector
 ``theta`` (``biject_to(support)`` per site, as Pyro's HMC does) and builds the potential energy
@@ -23,7 +29,7 @@ effect handlers; the graph is checked against the eager computation at a second 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyro
@@ -36,9 +42,9 @@ from torch.distributions import Transform, biject_to
 from ..sites import is_improper, site_log_prob
 from .graph_simplify import checked_trace, simplify_graph
 
-__all__ = ["FlatPotential", "check_latent_sites", "latent_nodes"]
+__all__ = ["ChainGradient", "FlatPotential", "check_latent_sites", "latent_nodes"]
 
-PotentialGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
+OneChain = Callable[..., list[Tensor]]  # (xs, *inputs) -> [value, *aux] for one chain
 
 
 def latent_nodes(trace: poutine.Trace) -> dict[str, dict]:
@@ -67,6 +73,128 @@ def check_latent_sites(nodes: Mapping[str, dict]) -> None:
                 f"site {name!r} is discrete ({type(fn).__name__}); HMC/NUTS needs continuous "
                 "latent sites"
             )
+
+
+class ChainGradient:
+    """The gradient and outputs of a one-chain function, for a batch of chains.
+
+    ``one_chain(xs, *inputs)`` takes one chain's tensors ``xs`` (a list) and the ``inputs`` and
+    returns ``[value, *aux]``. Called with ``xs`` that have a leading chain dim, this class
+    returns the gradient of every chain's ``value`` w.r.t. its own ``xs`` and every output
+    stacked over the chains. An input whose ``input_dims`` entry is 0 is split over the chains;
+    ``None`` shares it (the ``in_dims`` of ``torch.func.vmap``).
+
+    >>> import torch
+    >>> chains = ChainGradient(lambda xs: [-(xs[0] ** 2).sum()], num_chains=2)
+    >>> grads, outputs = chains([torch.tensor([[1.0], [2.0]])], ())
+    >>> grads[0].flatten().tolist(), outputs[0].tolist()
+    ([-2.0, -4.0], [-1.0, -4.0])
+    """
+
+    def __init__(
+        self, one_chain: OneChain, num_chains: int, input_dims: tuple[int | None, ...] = ()
+    ) -> None:
+        self.one_chain, self.num_chains, self.input_dims = one_chain, num_chains, input_dims
+        self.vectorised = True
+        self.graph: Callable | None = None
+
+    def outputs(self, xs: list[Tensor], inputs: Sequence[Tensor | None]) -> list[Tensor]:
+        """Every output of every chain, stacked along a leading chain dim."""
+        if self.vectorised:
+            batched = torch.func.vmap(self.one_chain, in_dims=(0, *self.input_dims))
+            return list(batched(xs, *inputs))
+        per_chain = [
+            self.one_chain([x[c] for x in xs], *self._chain_inputs(inputs, c))
+            for c in range(self.num_chains)
+        ]
+        return [torch.stack(parts) for parts in zip(*per_chain, strict=True)]
+
+    def _chain_inputs(self, inputs: Sequence[Tensor | None], c: int) -> list[Tensor | None]:
+        dims = self.input_dims or (None,) * len(inputs)
+        return [v if d is None or v is None else v[c] for v, d in zip(inputs, dims, strict=True)]
+
+    def choose_vectorised(self, xs: list[Tensor], inputs: Sequence[Tensor | None]) -> str | None:
+        """Keep ``vmap`` if the function runs under it with finite values, else run chain by
+        chain; the reason when not vectorised."""
+        try:
+            with torch.no_grad():
+                finite = bool(torch.isfinite(self.outputs(xs, inputs)[0]).all())
+        except Exception as error:  # anything vmap cannot run: Python branches on values, ...
+            self.vectorised = False
+            return f"{type(error).__name__}: {error}"
+        self.vectorised = finite
+        return None if finite else "non-finite values under vmap"
+
+    def eager(
+        self, xs: list[Tensor], inputs: Sequence[Tensor | None], params: Sequence[Tensor] = ()
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Gradients w.r.t. ``xs``, outputs and gradients of the summed value w.r.t. other
+        tensors ``params`` (zeros where unused), by autograd through :meth:`outputs`."""
+        leaves = [x.detach().requires_grad_(True) for x in xs]
+        targets = leaves + list(params)
+        with torch.enable_grad():
+            outputs = self.outputs(leaves, inputs)
+            grads = torch.autograd.grad(outputs[0].sum(), targets, allow_unused=True)
+        grads = [
+            torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads, strict=True)
+        ]
+        outputs = [o.detach() for o in outputs]
+        return grads[: len(leaves)], outputs, grads[len(leaves) :]
+
+    def _transformed(self) -> Callable:
+        """``(xs, inputs) -> (grads, (value, outputs))`` from functorch transforms (to trace)."""
+
+        def value_and_outputs(xs: list[Tensor], inputs: list) -> tuple[Tensor, tuple]:
+            outputs = self.one_chain(xs, *inputs)
+            return outputs[0], tuple(outputs)
+
+        if self.vectorised:
+            one = torch.func.grad_and_value(value_and_outputs, has_aux=True)
+            return torch.func.vmap(one, in_dims=(0, list(self.input_dims)))
+
+        def all_chains(xs: list[Tensor], inputs: list) -> tuple[Tensor, tuple]:
+            outputs = self.outputs(xs, inputs)
+            return outputs[0].sum(), tuple(outputs)
+
+        return torch.func.grad_and_value(all_chains, has_aux=True)
+
+    def trace(
+        self,
+        xs: list[Tensor],
+        inputs: Sequence[Tensor],
+        agrees: Callable[[Callable], bool],
+        passes: Sequence[Callable] = (),
+    ) -> str | None:
+        """Trace the gradient at ``(xs, inputs)`` into an ATen graph of flat tensor arguments,
+        kept if ``agrees(replay)`` where ``replay(xs, inputs) -> (grads, outputs)`` runs it
+        (:func:`~.graph_simplify.checked_trace`); ``None`` on success, else the reason."""
+        n, transformed = len(xs), self._transformed()
+
+        def flat(*args: Tensor) -> list[Tensor]:
+            grads, (_, outputs) = transformed(list(args[:n]), list(args[n:]))
+            return [*grads, *outputs]
+
+        def replay(graph: Callable) -> Callable:
+            def run(xs: list[Tensor], inputs: Sequence[Tensor]) -> tuple[list, list]:
+                out = graph(*xs, *inputs)
+                return list(out[:n]), list(out[n:])
+
+            return run
+
+        traced = checked_trace(flat, (*xs, *inputs), lambda g: agrees(replay(g)), passes)
+        self.graph = None if traced.graph is None else replay(traced.graph)
+        if traced.graph is None:
+            return traced.error or "the traced gradient disagrees with the eager one"
+        return None
+
+    def __call__(
+        self, xs: list[Tensor], inputs: Sequence[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Gradients w.r.t. ``xs`` and outputs, from the graph if traced, else eagerly."""
+        if self.graph is None:
+            grads, outputs, _ = self.eager(xs, inputs)
+            return grads, outputs
+        return self.graph(xs, inputs)
 
 
 @dataclass(frozen=True)
@@ -120,22 +248,22 @@ class FlatPotential:
         self.dim = start
         first = nodes[slots[0].name]["value"]
         self.dtype, self.device = first.dtype, first.device
-        self.traced = False
-        self._eager: PotentialGrad = torch.func.vmap(torch.func.grad_and_value(self.potential))
+        self.chains = ChainGradient(lambda xs: [self.potential(xs[0])], num_chains)
         probe = self._probes()
-        try:
-            self._eager(probe[0])
-        except Exception as error:  # a model that vmap cannot batch runs chain by chain
+        problem = self.chains.choose_vectorised([probe[0]], ())
+        if problem is not None:  # a model that vmap cannot batch runs chain by chain
             warnings.warn(
-                f"the potential does not vectorise over chains ({type(error).__name__}: "
-                f"{error}); evaluating chains one by one",
+                f"the potential does not vectorise over chains ({problem}); evaluating chains "
+                "one by one",
                 stacklevel=2,
             )
-            self._eager = self._chain_by_chain
-            traced = False
-        self._fn = self._eager
-        if traced:
+        elif traced:
             self._trace_graph(probe)
+
+    @property
+    def traced(self) -> bool:
+        """Whether evaluations replay the traced graph."""
+        return self.chains.graph is not None
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Unconstrained site values from ``theta`` of shape ``(..., dim)``."""
@@ -177,19 +305,8 @@ class FlatPotential:
 
     def potential_and_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """``(U, dU/dtheta)`` for a batch ``theta`` of shape ``(num_chains, dim)``."""
-        grad, value = self._fn(theta)
-        return value, grad
-
-    def _chain_by_chain(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        grads, values = [], []
-        for row in theta:
-            with torch.enable_grad():
-                leaf = row.detach().requires_grad_(True)
-                value = self.potential(leaf)
-                (grad,) = torch.autograd.grad(value, leaf)
-            grads.append(grad)
-            values.append(value.detach())
-        return torch.stack(grads), torch.stack(values)
+        grads, outputs = self.chains([theta], ())
+        return outputs[0], grads[0]
 
     def _probes(self) -> list[Tensor]:
         gen = torch.Generator(device="cpu").manual_seed(0)
@@ -202,22 +319,15 @@ class FlatPotential:
         tol = 1e-4 if self.dtype == torch.float32 else 1e-9
 
         def agrees(graph: Callable) -> bool:
-            pairs = zip(self._eager(probe[1]), graph(probe[1]), strict=True)
+            grads, outputs, _ = self.chains.eager([probe[1]], ())
+            got_grads, got = graph([probe[1]], ())
+            pairs = [(grads[0], got_grads[0]), (outputs[0], got[0])]
             return all(torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in pairs)
 
-        traced = checked_trace(lambda theta: self._eager(theta), (probe[0],), agrees,
-                               passes=(simplify_graph,))  # fmt: skip
-        if traced.graph is not None:
-            self._fn, self.traced = traced.graph, True
-        elif traced.error is not None:
+        problem = self.chains.trace([probe[0]], (), agrees, passes=(simplify_graph,))
+        if problem is not None:
             warnings.warn(
-                f"the model could not be traced into a graph ({traced.error}); "
-                "using the slower eager potential",
-                stacklevel=3,
-            )
-        else:
-            warnings.warn(
-                "the traced potential differs from the eager one (data-dependent control flow?); "
-                "using the slower eager potential",
+                f"the potential was not replaced by a graph ({problem}; data-dependent control "
+                "flow?); using the slower eager potential",
                 stacklevel=3,
             )

@@ -254,7 +254,7 @@ def fit_sgmcmc(
         "batch_size": batch_size,
         "traced": sampler_run.gradient.graph is not None,
         "trace_error": sampler_run.trace_error,
-        "vectorised": sampler_run.density.vectorised,
+        "vectorised": sampler_run.gradient.chains.vectorised,
         "point_parameters": len(sampler_run.params),
         "fixed_sites": list(layout.fixed),
         "noise_site": layout.noise,

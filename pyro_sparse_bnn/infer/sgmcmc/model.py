@@ -23,7 +23,8 @@ from torch.distributions import biject_to, constraints
 
 from ...priors import WEIGHT_TAG
 from ...sites import is_improper, site_log_prob, unwrap
-from ..graph_simplify import checked_trace, fold_broadcast_bmm, merge_common_subexpressions
+from ..graph_simplify import fold_broadcast_bmm, merge_common_subexpressions
+from ..potential import ChainGradient
 from .options import SSGLPrior
 
 SAMPLERS = ("sgld", "sghmc")
@@ -174,9 +175,10 @@ class _Density:
     """Log density of the sampled sites (unconstrained) per chain, with the RSS and the values
     of the recorded (deterministic) sites.
 
-    :meth:`single` runs the model for one chain; all chains run through ``torch.func.vmap`` of
-    it (any model that runs for one chain vectorises, no plate semantics needed) or, if the
-    model cannot be vmapped (e.g. Python branches on tensor values), in a loop.
+    :meth:`single` runs the model for one chain; :class:`_Gradient` runs it for all chains
+    (:class:`~pyro_sparse_bnn.infer.potential.ChainGradient`: ``torch.func.vmap`` of it, so any
+    model that runs for one chain vectorises with no plate semantics needed, or a loop where
+    the model cannot be vmapped, e.g. Python branches on tensor values).
     """
 
     def __init__(self, model: Callable, layout: _Layout, num_chains: int, num_data: int) -> None:
@@ -186,7 +188,6 @@ class _Density:
             num_chains,
             num_data,
         )
-        self.vectorised = True
 
     def values(self, unconstrained: list[Tensor], noise: Tensor | None) -> dict[str, Tensor]:
         """Constrained values of the sampled and driven sites (any leading chain dims)."""
@@ -229,37 +230,12 @@ class _Density:
         outputs += [nodes[k]["value"].reshape(layout.shapes[k]) for k in layout.recorded]
         return outputs
 
-    def __call__(
-        self, unconstrained: list[Tensor], noise: Tensor | None, x: Tensor, y: Tensor
-    ) -> list[Tensor]:
-        """:meth:`single` for every chain, stacked along a leading chain dim."""
-        if self.vectorised:
-            batched = torch.func.vmap(self.single, in_dims=(0, _noise_dim(noise), None, None))
-            return batched(unconstrained, noise, x, y)
-        per_chain = [
-            self.single([u[c] for u in unconstrained], None if noise is None else noise[c], x, y)
-            for c in range(self.num_chains)
-        ]
-        return [torch.stack(parts) for parts in zip(*per_chain, strict=True)]
-
     def parse(self, grads: list[Tensor], outputs: list[Tensor]) -> _Eval:
         """Name the pieces of :meth:`__call__`'s output."""
         rss = outputs[1] if self.layout.noise is not None else None
         offset = 1 + (rss is not None)
         recorded = dict(zip(self.layout.recorded, outputs[offset:], strict=True))
         return _Eval(list(grads), outputs[0], rss, recorded)
-
-    def choose_vectorised(self, unconstrained: list[Tensor], noise: Tensor | None, x, y) -> None:
-        """Keep ``vmap`` if the model runs under it (and gives finite numbers), else loop."""
-        try:
-            with torch.no_grad():
-                self.vectorised = bool(torch.isfinite(self(unconstrained, noise, x, y)[0]).all())
-        except (RuntimeError, ValueError, NotImplementedError):
-            self.vectorised = False
-
-
-def _noise_dim(noise: Tensor | None) -> int | None:
-    return None if noise is None else 0
 
 
 class _Eval(NamedTuple):
@@ -277,11 +253,30 @@ def _close(a: Tensor, b: Tensor) -> bool:
 
 
 class _Gradient:
-    """Gradient and outputs of :class:`_Density`: eager autograd or a traced ATen graph."""
+    """Gradient and outputs of :class:`_Density` for every chain: the shared
+    :class:`~pyro_sparse_bnn.infer.potential.ChainGradient` over the sampled sites, with the
+    noise scale (split over chains) and the minibatch (shared) as inputs."""
 
     def __init__(self, density: _Density) -> None:
         self.density = density
-        self.graph: Callable | None = None
+        with_noise = density.layout.noise is not None
+
+        def one_chain(us: list[Tensor], *inputs: Tensor) -> list[Tensor]:
+            return density.single(us, *(inputs if with_noise else (None, *inputs)))
+
+        dims = (0, None, None) if with_noise else (None, None)
+        self.chains = ChainGradient(one_chain, density.num_chains, dims)
+
+    @property
+    def graph(self) -> Callable | None:
+        """The traced gradient, or ``None`` while it runs eagerly."""
+        return self.chains.graph
+
+    def choose_vectorised(
+        self, unconstrained: list[Tensor], noise: Tensor | None, x: Tensor, y: Tensor
+    ) -> None:
+        """Keep ``vmap`` if the model runs under it (and gives finite numbers), else loop."""
+        self.chains.choose_vectorised(unconstrained, _inputs(noise, x, y))
 
     def eager(
         self,
@@ -292,34 +287,8 @@ class _Gradient:
         params: Sequence[Tensor] = (),
     ) -> tuple[_Eval, list[Tensor]]:
         """The evaluation and the gradient of the summed log density w.r.t. ``params``."""
-        leaves = [u.detach().requires_grad_(True) for u in unconstrained]
-        targets = leaves + list(params)
-        with torch.enable_grad():
-            outputs = self.density(leaves, noise, x, y)
-            grads = torch.autograd.grad(outputs[0].sum(), targets, allow_unused=True)
-        grads = [
-            torch.zeros_like(p) if g is None else g for p, g in zip(targets, grads, strict=True)
-        ]
-        outputs = [o.detach() for o in outputs]
-        return self.density.parse(grads[: len(leaves)], outputs), grads[len(leaves) :]
-
-    def _transformed(self, with_noise: bool) -> Callable:
-        """``(us, inputs) -> (grads, (sum, outputs))`` built from functorch transforms."""
-        density = self.density
-
-        def one_chain(us: list[Tensor], inputs: list[Tensor]) -> tuple[Tensor, tuple]:
-            outputs = density.single(us, *(inputs if with_noise else [None, *inputs]))
-            return outputs[0], tuple(outputs)
-
-        if density.vectorised:
-            in_dims = (0, [0, None, None] if with_noise else [None, None])
-            return torch.func.vmap(torch.func.grad_and_value(one_chain, has_aux=True), in_dims)
-
-        def all_chains(us: list[Tensor], inputs: list[Tensor]) -> tuple[Tensor, tuple]:
-            outputs = density(us, *(inputs if with_noise else [None, *inputs]))
-            return outputs[0].sum(), tuple(outputs)
-
-        return torch.func.grad_and_value(all_chains, has_aux=True)
+        grads, outputs, param_grads = self.chains.eager(unconstrained, _inputs(noise, x, y), params)
+        return self.density.parse(grads, outputs), param_grads
 
     def trace(
         self, unconstrained: list[Tensor], noise: Tensor | None, batches: list[tuple]
@@ -331,33 +300,20 @@ class _Gradient:
         (x0, y0), (x1, y1) = batches
         moved = [u + 0.01 * torch.randn_like(u) for u in unconstrained]
 
-        def agrees(graph: Callable) -> bool:
+        def agrees(replay: Callable) -> bool:
             expected, _ = self.eager(moved, noise, x1, y1)
-            grads, (_, outputs) = graph(moved, _inputs(noise, x1, y1))
-            got = self.density.parse(grads, list(outputs))
+            got = self.density.parse(*replay(moved, _inputs(noise, x1, y1)))
             pairs = [*zip(got.grads, expected.grads, strict=True), (got.lp, expected.lp)]
             pairs += [] if got.rss is None else [(got.rss, expected.rss)]
             pairs += [(got.recorded[k], expected.recorded[k]) for k in got.recorded]
             return all(_close(a, b) for a, b in pairs)
 
-        traced = checked_trace(
-            self._transformed(noise is not None),
-            (unconstrained, _inputs(noise, x0, y0)),
-            agrees,
-            passes=(_rewrite,),
-        )
-        self.graph = traced.graph
-        if traced.graph is None:
-            return traced.error or "the traced gradient disagrees with the eager one"
-        return None
+        return self.chains.trace(unconstrained, _inputs(noise, x0, y0), agrees, (_rewrite,))
 
     def __call__(
         self, unconstrained: list[Tensor], noise: Tensor | None, x: Tensor, y: Tensor
     ) -> _Eval:
-        if self.graph is None:
-            return self.eager(unconstrained, noise, x, y)[0]
-        grads, (_, outputs) = self.graph(unconstrained, _inputs(noise, x, y))
-        return self.density.parse(grads, list(outputs))
+        return self.density.parse(*self.chains(unconstrained, _inputs(noise, x, y)))
 
 
 def _rewrite(graph: Any) -> None:

@@ -121,7 +121,7 @@ class _Run:
         b = self.batch_size
         other = torch.randperm(self.x.shape[0], generator=probe, device=self.x.device)[:b]
         batches = [(self.x[:b], self.y[:b]), (self.x[other], self.y[other])]
-        self.density.choose_vectorised(moved, noise, *batches[0])
+        self.gradient.choose_vectorised(moved, noise, *batches[0])
         self.trace_requested = trace
         if trace and not self.params:
             self._trace(moved, noise, batches)
