@@ -42,7 +42,8 @@ Methods (``METHODS``), every fit seeded with ``FIT_SEED``:
 
 * ``svi_horseshoe``, ``svi_reg_horseshoe``, ``svi_laplace``, ``svi_student_t``: ``fit(method=
   "svi")`` with the default guide and ELBO, 1500 full-batch epochs at lr 0.02 (the README's
-  settings), 500 draws.
+  settings), 500 draws; ``_learned`` rows with ``centered="learned"`` (each weight's centring
+  learned with the guide, Gorinova, Moore & Hoffman 2020).
 * ``nuts_reg_horseshoe`` on every problem; ``nuts_horseshoe``, ``nuts_laplace``,
   ``nuts_student_t`` on the small ones (at most 40 weights), as the reference posteriors of the SVI
   rows with the same prior: ``fit(method="nuts")``, 4 chains x (300 warm-up + 300 draws), target
@@ -405,11 +406,13 @@ FULL = Budget(1500, 300, 4000, 200, 10, 3000, 500)
 QUICK = Budget(300, 60, 500, 50, 4, 300, 200)
 
 
-def fit_svi(prior: str, pr: Problem, data: Data, budget: Budget) -> psb.FitResult:
+def fit_svi(
+    prior: str, pr: Problem, data: Data, budget: Budget, centered: str | None = None
+) -> psb.FitResult:
     return psb.fit(
         linear_model(prior, pr, data), data.X_train, data.y_train, method="svi",
         epochs=budget.svi_epochs, lr=0.02, num_posterior_samples=budget.draws, seed=FIT_SEED,
-        progress=False,
+        progress=False, centered=centered,
     )  # fmt: skip
 
 
@@ -459,8 +462,10 @@ class Method:
     nuts_reference: str | None = None  # the same-prior NUTS method (agreement)
 
 
-def _svi(prior: str) -> Method:
-    return Method(lambda pr, d, b: fit_svi(prior, pr, d, b), prior, nuts_reference=f"nuts_{prior}")
+def _svi(prior: str, centered: str | None = None) -> Method:
+    return Method(
+        lambda pr, d, b: fit_svi(prior, pr, d, b, centered), prior, nuts_reference=f"nuts_{prior}"
+    )
 
 
 def _nuts(prior: str, small_only: bool) -> Method:
@@ -472,6 +477,10 @@ METHODS: dict[str, Method] = {
     "svi_reg_horseshoe": _svi("reg_horseshoe"),
     "svi_laplace": _svi("laplace"),
     "svi_student_t": _svi("student_t"),
+    "svi_horseshoe_learned": _svi("horseshoe", "learned"),
+    "svi_reg_horseshoe_learned": _svi("reg_horseshoe", "learned"),
+    "svi_laplace_learned": _svi("laplace", "learned"),
+    "svi_student_t_learned": _svi("student_t", "learned"),
     "nuts_reg_horseshoe": _nuts("reg_horseshoe", small_only=False),
     "nuts_horseshoe": _nuts("horseshoe", small_only=True),
     "nuts_laplace": _nuts("laplace", small_only=True),

@@ -53,6 +53,7 @@ from .infer.result import FitResult
 from .infer.streaming import _num_data, prepare_svi, svi_loss
 from .infer.svi import ELBOS, check_svi_options
 from .isolation import isolated, local_params
+from .priors import Centring
 from .validation import check_positive_int
 
 __all__ = ["SVIModule", "fit_lightning"]
@@ -177,6 +178,7 @@ def fit_lightning(
     strategy: str | Any = "auto",
     num_nodes: int = 1,
     trainer_options: dict[str, Any] | None = None,
+    centered: Centring | None = None,
 ) -> FitResult:
     """Fit ``model`` by SVI with a Lightning ``Trainer``; return the shared ``FitResult``.
 
@@ -209,7 +211,7 @@ def fit_lightning(
     start = time.perf_counter()
     pl.seed_everything(seed, verbose=False)  # also seeds Lightning's distributed sampler
     model, guide, x, y = prepare_svi(
-        model, loader, guide=guide, guide_options=guide_options, seed=seed
+        model, loader, guide=guide, guide_options=guide_options, seed=seed, centered=centered
     )
     module = SVIModule(
         model,

@@ -17,6 +17,7 @@ def bnn():
 
 RESUMABLE = {
     "svi": {"num_posterior_samples": 5},
+    "svi_learned_centring": {"method": "svi", "centered": "learned", "num_posterior_samples": 5},
     "vadam": {"num_posterior_samples": 5},
     "vadam_ard": {"method": "vadam", "ard": True, "num_posterior_samples": 5},
     "vadam_minibatch_mean": {"method": "vadam", "per_example_grads": False, "num_particles": 2},

@@ -189,10 +189,54 @@ def test_bad_hyperparameters_raise_value_error(make, match):
     "make",
     [
         lambda: priors.Normal("1"),
-        lambda: priors.Laplace(centered="yes"),
+        lambda: priors.Laplace(centered=1),
         lambda: priors.Normal(True),
     ],
 )
 def test_wrong_types_raise_type_error(make):
     with pytest.raises(TypeError):
         make()
+
+
+@pytest.mark.parametrize("logit", [-2.0, 0.0, 1.5])
+def test_learned_centring_leaves_the_marginal_unchanged(logit):
+    """``w = s^(1-c) z`` with ``z ~ N(0, s^c)`` is ``N(0, s)`` given ``s`` for every ``c``: the
+    Laplace marginal, whatever the centring."""
+    prior = priors.Laplace(0.5, centered="learned")
+    with torch.no_grad():
+        prior.centring_of("w", (1,))
+        prior.centring["w"].fill_(logit)
+    assert st.kstest(draws(prior), st.laplace(scale=0.5).cdf).statistic < KS_CRIT
+
+
+def _log_joint(prior, values):
+    conditioned = poutine.condition(lambda: prior.sample("w", (3,)), values)
+    return poutine.trace(conditioned).get_trace().log_prob_sum()
+
+
+@pytest.mark.parametrize(("logit", "centered"), [(40.0, True), (-40.0, False)])
+def test_learned_centring_at_its_limits_is_the_centred_or_noncentred_density(logit, centered):
+    """At ``c = 1`` the learned parameterisation's log joint is the centred one's at the same
+    weight; at ``c = 0`` the non-centred one's at the same standard-normal draw."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        learned = priors.Horseshoe(0.3, centered="learned")
+        with torch.no_grad():
+            learned.centring_of("w", (3,)).detach()
+            learned.centring["w"].fill_(logit)
+        scales = {"w_global_scale": torch.tensor(0.2), "w_local_scale": torch.tensor([0.5, 2, 3])}
+        value = torch.tensor([0.3, -1.2, 0.05])
+        other = priors.Horseshoe(0.3, centered=centered)
+        site = "w" if centered else "w_decentered"
+        expected = _log_joint(other, scales | {site: value})
+        got = _log_joint(learned, scales | {"w_decentered": value})
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-9)
+
+
+def test_learned_centring_is_refused_where_there_is_no_latent_scale():
+    with pytest.raises(ValueError, match="this model holds none"):
+        priors.set_centring(torch.nn.ModuleList([priors.Normal(), priors.LogUniform()]), "learned")
+    with pytest.raises(ValueError, match="centered must be True, False or 'learned', got 'half'"):
+        priors.Horseshoe(centered="half")

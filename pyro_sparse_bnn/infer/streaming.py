@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from ..guides import draw, make_guide
 from ..handlers import ScaleSites
 from ..isolation import check_seed, isolated
+from ..priors import Centring, set_centring
 from ..validation import check_positive_int, check_xy
 from .loop import LoopOptions, kl_weight, lr_scheduler
 from .result import FitResult
@@ -114,6 +115,7 @@ def prepare_svi(
     guide_options: dict[str, Any] | None,
     seed: int,
     device: torch.device | str | None = None,
+    centered: Centring | None = None,
 ) -> tuple[Callable, Callable, Tensor, Tensor]:
     """Seed, fetch and validate the first batch, copy the model to ``device`` (default: the first
     batch's) and the data's dtype, and build the guide's parameters on that batch.
@@ -128,6 +130,8 @@ def prepare_svi(
     x, y = x.to(device), y.to(device)
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model).to(device=device, dtype=x.dtype)
+    if centered is not None:
+        set_centring(model, centered)
     guide = make_guide(guide, model, **(guide_options or {}))
     guide(x, y)
     return model, guide, x, y
@@ -164,6 +168,7 @@ def fit_svi_loader(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 10,
     resume: str | os.PathLike | None = None,
+    centered: Centring | None = None,
 ) -> FitResult:
     """Fit ``model`` by SVI over the minibatches ``(x, y)`` of ``loader``, one pass per epoch.
 
@@ -173,10 +178,10 @@ def fit_svi_loader(
             a minibatch of ``M`` rows is scaled by ``num_data / M``.
         device: where the model trains (default: the device of the loader's first batch); every
             batch is moved there.
-        seed, checkpoint, resume: as in ``fit_svi``. Shuffling belongs to the loader: seed it
-            (``DataLoader(generator=...)``, or a ``DistributedSampler`` whose ``set_epoch`` is
-            called here each epoch) or let it draw from the global RNG, which ``seed`` fixes and
-            checkpoints save.
+        seed, checkpoint, resume, centered: as in ``fit_svi``. Shuffling belongs to the loader:
+            seed it (``DataLoader(generator=...)``, or a ``DistributedSampler`` whose
+            ``set_epoch`` is called here each epoch) or let it draw from the global RNG, which
+            ``seed`` fixes and checkpoints save.
 
     The other options are those of ``fit_svi``. ``result.x`` and ``result.y`` are the loader's
     first batch (a sample of the data, so ``result.to_arviz()`` without data covers only that
@@ -206,8 +211,9 @@ def fit_svi_loader(
     )
     start = time.perf_counter()
     model, guide, x0, y0 = prepare_svi(
-        model, loader, guide=guide, guide_options=guide_options, seed=seed, device=device
-    )
+        model, loader, guide=guide, guide_options=guide_options, seed=seed, device=device,
+        centered=centered,
+    )  # fmt: skip
     params = list({id(p): p for m in (model, guide) for p in _parameters(m)}.values())
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = lr_scheduler(optimizer, lr_schedule, epochs)

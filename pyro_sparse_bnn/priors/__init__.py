@@ -23,13 +23,15 @@ Site names, for a weight called ``name``:
 ``groups`` shares one mixing variable per weight (``None``), per input neuron or channel (``"in"``,
 dimension 1 of the weight) or per output neuron or channel (``"out"``, dimension 0).
 
-Scale mixtures are non-centred by default (``w = z * s`` with ``z ~ N(0, 1)``): NUTS needs it to
+``centered="learned"`` (or ``fit(..., method="svi", centered="learned")``) learns, per weight,
+how far to centre (Gorinova, Moore & Hoffman 2020; :class:`Prior`). Scale mixtures are
+non-centred by default (``w = z * s`` with ``z ~ N(0, 1)``): NUTS needs it to
 explore the funnel, and under a mean-field guide it keeps the uncertainty of ``s`` in ``w``. On a
 sparse regression (n = 200, p = 50, 5 signals, tests/test_svi.py) the largest null-weight
 signal-to-noise was 8.7 centred against 0.47 non-centred.
 """
 
-from .base import WEIGHT_TAG, Groups, Prior, weight_deterministic
+from .base import WEIGHT_TAG, Centring, Groups, Prior, set_centring, weight_deterministic
 from .improper import GroupLogUniform, LogUniform, ProfiledARD
 from .scaling import PROFILES, ScaLP, scaling_factors
 from .shrinkage import ARD, Horseshoe, Laplace, Normal, RegularizedHorseshoe, SpikeAndSlab, StudentT
@@ -38,6 +40,7 @@ __all__ = [
     "ARD",
     "PROFILES",
     "WEIGHT_TAG",
+    "Centring",
     "GroupLogUniform",
     "Groups",
     "Horseshoe",
@@ -51,5 +54,6 @@ __all__ = [
     "SpikeAndSlab",
     "StudentT",
     "scaling_factors",
+    "set_centring",
     "weight_deterministic",
 ]

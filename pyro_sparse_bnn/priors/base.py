@@ -1,9 +1,10 @@
-"""The scale-mixture template every prior builds on: ``w | s ~ Normal(0, s)``, centred or not."""
+"""The scale-mixture template every prior builds on: ``w | s ~ Normal(0, s)``, centred, not
+centred, or centred in a learned proportion per weight."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import pyro
 import pyro.distributions as dist
@@ -14,9 +15,10 @@ from torch import Tensor, nn
 
 from ..validation import check_positive
 
-__all__ = ["WEIGHT_TAG", "Groups", "Prior", "weight_deterministic"]
+__all__ = ["WEIGHT_TAG", "Centring", "Groups", "Prior", "set_centring", "weight_deterministic"]
 
 Groups = Literal["in", "out"] | None
+Centring = bool | Literal["learned"]
 
 WEIGHT_TAG = "psb_weight"
 """Key in a site's ``infer`` dict that marks it as a prunable weight for masks and compression."""
@@ -43,17 +45,47 @@ class Prior(nn.Module):
     Subclasses implement :meth:`mixing_scale`, which emits the hierarchical sites and returns the
     standard deviation ``s`` (the group shape, plus any batch dims from enclosing plates).
     Hyperparameters are buffers, so ``prior.to(device)`` moves them.
+
+    ``centered`` chooses how the weight is drawn, never its distribution: ``True`` samples
+    ``w ~ N(0, s)``; ``False`` samples ``z ~ N(0, 1)`` and sets ``w = s z``; ``"learned"`` (the
+    variationally inferred parameterisation of Gorinova, Moore & Hoffman 2020) samples
+    ``z ~ N(0, s^c)`` and sets ``w = s^(1-c) z`` with one ``c`` in (0, 1) per weight, an
+    ``nn.Parameter`` that SVI optimises with the guide (any ``c`` leaves the model's
+    distribution unchanged, so the ELBO stays a bound on the same evidence). Strongly
+    identified weights then move towards centred, weakly identified ones towards non-centred,
+    each where mean-field SVI fits it best.
     """
 
-    def __init__(self, *, groups: Groups = None, centered: bool = False) -> None:
+    learns_centring = True
+    """Whether ``centered="learned"`` applies (a latent mixing scale and this class's sampler)."""
+
+    def __init__(self, *, groups: Groups = None, centered: Centring = False) -> None:
         super().__init__()
         if groups not in (None, "in", "out"):
             raise ValueError(f"groups must be None, 'in' or 'out', got {groups!r}")
-        if not isinstance(centered, bool):
-            raise TypeError(f"centered must be a bool, got {type(centered).__name__}")
         self.groups = groups
-        self.centered = centered
+        self.centered = self._check_centring(centered)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    def _check_centring(self, centered: Centring) -> Centring:
+        if not isinstance(centered, bool | str):
+            raise TypeError(f"centered must be True, False or 'learned', got {centered!r}")
+        if isinstance(centered, str) and centered != "learned":
+            raise ValueError(f"centered must be True, False or 'learned', got {centered!r}")
+        if centered == "learned" and not self.learns_centring:
+            raise ValueError(f"{type(self).__name__} has no latent scale to learn a centring for")
+        return centered
+
+    def centring_of(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """The learned centring ``c`` in (0, 1) of each weight of site ``name`` (a parameter made
+        at ``c = 1/2`` on first use, on the prior's device and dtype)."""
+        key = name.replace(".", "__")
+        if "centring" not in self._modules:
+            self.centring = nn.ParameterDict()  # logit c per weight site
+        if key not in self.centring:
+            zeros = torch.zeros(shape, dtype=self._zero.dtype, device=self._zero.device)
+            self.centring[key] = nn.Parameter(zeros)
+        return torch.sigmoid(self.centring[key])
 
     def group_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of the mixing variables for a weight of ``shape`` (broadcastable to it)."""
@@ -82,6 +114,11 @@ class Prior(nn.Module):
         scale = self.mixing_scale(name, shape)
         event = len(shape)
         batch_shape = torch.broadcast_shapes(scale.shape, shape)
+        if self.centered == "learned":
+            c = self.centring_of(name, shape)
+            law = dist.Normal(self._zero, scale**c).expand(batch_shape).to_event(event)
+            z = pyro.sample(f"{name}_decentered", law)
+            return weight_deterministic(name, z * scale ** (1 - c), event)
         if self.centered:
             normal = dist.Normal(self._zero, scale).expand(batch_shape).to_event(event)
             return pyro.sample(name, normal, infer={WEIGHT_TAG: True})
@@ -91,20 +128,24 @@ class Prior(nn.Module):
 
     def init_values(self, name: str, weight: Tensor) -> dict[str, Tensor]:
         """Site values that start a guide at ``weight``: the weight itself when centred, else the
-        decentred draw ``weight / s`` (clipped to [-1, 1]) with the mixing scale ``s`` at its prior
-        median. The clip keeps the start inside the prior's bulk: a weight that starts far out
-        with the wrong sign can get trapped at zero by a strongly shrinking prior.
+        decentred draw ``weight / s`` (clipped to [-1, 1]; times ``s^c`` for a learned centring)
+        with the mixing scale ``s`` at its prior median. The clip keeps the start inside the
+        prior's bulk: a weight that starts far out with the wrong sign can get trapped at zero
+        by a strongly shrinking prior.
 
         >>> from pyro_sparse_bnn.priors import Horseshoe, Normal
         >>> w = torch.ones(2)
         >>> list(Horseshoe().init_values("w", w)), list(Normal().init_values("w", w))
         (['w_decentered'], ['w'])
         """
-        if self.centered:
+        if self.centered is True:
             return {name: weight}
         with poutine.block(), InitMessenger(init_to_median(num_samples=31)):
             scale = self.mixing_scale(name, tuple(weight.shape))
-        return {f"{name}_decentered": (weight / scale).clamp(-1.0, 1.0)}
+        z = (weight / scale).clamp(-1.0, 1.0)
+        if self.centered == "learned":
+            z = z * scale ** self.centring_of(name, tuple(weight.shape)).detach()
+        return {f"{name}_decentered": z}
 
     def extra_repr(self) -> str:
         return f"groups={self.groups!r}, centered={self.centered}"
@@ -124,3 +165,27 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
 
 def _mixing_site(name: str, d: dist.TorchDistribution, shape: tuple[int, ...]) -> Tensor:
     return pyro.sample(name, d.expand(shape).to_event(len(shape)))
+
+
+def set_centring(model: Any, centered: Centring) -> None:
+    """Set ``centered`` on every prior of ``model`` (an ``nn.Module``) that can take it:
+    ``"learned"`` skips priors without a latent scale (``Normal``, the improper ones). A
+    ValueError where no prior would change.
+
+    >>> from pyro_sparse_bnn import SparseBNN, mlp, priors, likelihoods
+    >>> bnn = SparseBNN(mlp([4, 3]), priors.Horseshoe(), likelihoods.Categorical(),
+    ...                 bias_prior=priors.Normal())
+    >>> set_centring(bnn, "learned")
+    >>> bnn.priors["0"].centered, bnn.bias_prior.centered
+    ('learned', True)
+    """
+    modules = model.modules() if isinstance(model, nn.Module) else ()
+    priors = [m for m in modules if isinstance(m, Prior) and type(m).learns_centring]
+    if not priors:
+        raise ValueError(
+            f"centered={centered!r} sets the scale-mixture priors of an nn.Module model (a "
+            "SparseBNN); this model holds none"
+        )
+    for prior in priors:
+        prior.centered = prior._check_centring(centered)
+

@@ -39,6 +39,8 @@ class LogUniform(Prior):
     LogUniform(groups=None, centered=True)
     """
 
+    learns_centring = False
+
     def __init__(self) -> None:
         super().__init__(centered=True)
 
@@ -64,6 +66,8 @@ class ProfiledARD(Prior):
     'ARDNormal'
     """
 
+    learns_centring = False
+
     def __init__(self) -> None:
         super().__init__(centered=True)
 
@@ -86,6 +90,8 @@ class GroupLogUniform(Prior):
     >>> GroupLogUniform(groups="out")
     GroupLogUniform(groups='out', centered=False)
     """
+
+    learns_centring = False  # improper: its own sampler and starting values
 
     def __init__(self, *, groups: Groups = "in") -> None:
         if groups is None:

@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Groups, Prior, _positive
+from .base import Centring, Groups, Prior, _positive
 
 __all__ = ["PROFILES", "ScaLP", "scaling_factors"]
 
@@ -92,7 +92,7 @@ class ScaLP(Prior):
         scale: float = 1.0,
         *,
         groups: Groups = "in",
-        centered: bool = False,
+        centered: Centring = False,
     ) -> None:
         if groups not in ("in", "out"):
             raise ValueError(

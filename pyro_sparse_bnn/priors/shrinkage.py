@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..validation import check_number
-from .base import Groups, Prior, _mixing_site, _positive, _right_pad
+from .base import Centring, Groups, Prior, _mixing_site, _positive, _right_pad
 
 __all__ = [
     "ARD",
@@ -28,6 +28,8 @@ class Normal(Prior):
     [2.0, 2.0, 2.0]
     """
 
+    learns_centring = False
+
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__(centered=True)
         self.register_buffer("scale", torch.tensor(_positive("scale", scale)))
@@ -46,7 +48,7 @@ class Laplace(Prior):
     Laplace(scale=0.5, groups=None, centered=False)
     """
 
-    def __init__(self, scale: float = 1.0, *, groups: Groups = None, centered: bool = False):
+    def __init__(self, scale: float = 1.0, *, groups: Groups = None, centered: Centring = False):
         super().__init__(groups=groups, centered=centered)
         self.register_buffer("scale", torch.tensor(_positive("scale", scale)))
 
@@ -67,7 +69,12 @@ class StudentT(Prior):
     """
 
     def __init__(
-        self, df: float = 1.0, scale: float = 1.0, *, groups: Groups = None, centered: bool = False
+        self,
+        df: float = 1.0,
+        scale: float = 1.0,
+        *,
+        groups: Groups = None,
+        centered: Centring = False,
     ) -> None:
         super().__init__(groups=groups, centered=centered)
         self.register_buffer("df", torch.tensor(_positive("df", df)))
@@ -91,7 +98,7 @@ class ARD(Prior):
     """
 
     def __init__(
-        self, a0: float = 1.0, b0: float = 1.0, *, groups: Groups = None, centered: bool = False
+        self, a0: float = 1.0, b0: float = 1.0, *, groups: Groups = None, centered: Centring = False
     ) -> None:
         super().__init__(groups=groups, centered=centered)
         self.register_buffer("a0", torch.tensor(_positive("a0", a0)))
@@ -118,7 +125,7 @@ class Horseshoe(Prior):
     """
 
     def __init__(
-        self, global_scale: float = 1.0, *, groups: Groups = None, centered: bool = False
+        self, global_scale: float = 1.0, *, groups: Groups = None, centered: Centring = False
     ) -> None:
         super().__init__(groups=groups, centered=centered)
         self.register_buffer("global_scale", torch.tensor(_positive("global_scale", global_scale)))
@@ -156,7 +163,7 @@ class RegularizedHorseshoe(Horseshoe):
         slab_scale: float = 2.0,
         *,
         groups: Groups = None,
-        centered: bool = False,
+        centered: Centring = False,
     ) -> None:
         super().__init__(global_scale, groups=groups, centered=centered)
         self.register_buffer("slab_df", torch.tensor(_positive("slab_df", slab_df)))
@@ -195,7 +202,7 @@ class SpikeAndSlab(Prior):
         temperature: float = 0.1,
         *,
         groups: Groups = None,
-        centered: bool = False,
+        centered: Centring = False,
     ) -> None:
         super().__init__(groups=groups, centered=centered)
         inclusion_prob = check_number(
