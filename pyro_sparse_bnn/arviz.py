@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -82,16 +82,17 @@ def to_inference_data(
 
 
 def weight_dims(
-    shapes: Mapping[str, tuple[int, ...]],
+    samples: Mapping[str, Any], sites: Sequence[str]
 ) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
-    """Dims and coords of weight sites by their per-draw shapes: ``<site>_out``, ``<site>_in``,
-    then ``<site>_k0``, ``<site>_k1``... for kernels.
+    """Dims and coords of the weight ``sites`` of ``(chain, draw, ...)`` draws: ``<site>_out``,
+    ``<site>_in``, then ``<site>_k0``, ``<site>_k1``... for kernels.
 
-    >>> weight_dims({"w": (3, 2)})
+    >>> weight_dims({"w": np.zeros((1, 5, 3, 2))}, ["w"])
     ({'w': ['w_out', 'w_in']}, {'w_out': [0, 1, 2], 'w_in': [0, 1]})
     """
     dims, coords = {}, {}
-    for site, shape in shapes.items():
+    for site in sites:
+        shape = tuple(samples[site].shape[2:])
         names = ["out", "in", *(f"k{i}" for i in range(len(shape) - 2))][: len(shape)]
         dims[site] = [f"{site}_{n}" for n in names]
         coords |= {d: list(range(n)) for d, n in zip(dims[site], shape, strict=True)}

@@ -468,9 +468,7 @@ class FitResult:
         masks = self._keep(masks, None) if masks is not None else self.masks()
         scores = {f"{k}_relevance": v.cpu().numpy() for k, v in scores.items()}
         scores |= {f"{k}_kept": m.cpu().numpy() for k, m in masks.items()}
-        dims, coords = psb_arviz.weight_dims(
-            {k: tuple(self.samples[k].shape[2:]) for k in self.weight_sites}
-        )
+        dims, coords = psb_arviz.weight_dims(self.samples, self.weight_sites)
         dims |= {"y": ["obs"]}
         dims |= {f"{k}_relevance": dims[k] for k in self.weight_sites}
         dims |= {f"{k}_kept": dims[k] for k in self.weight_sites}

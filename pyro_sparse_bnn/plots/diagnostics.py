@@ -82,9 +82,7 @@ def _diagnostic_data(data: Any, var_names: Sequence[str] | None, n_weights: int)
 
 def _posterior_data(result: FitResult) -> Any:
     """``InferenceData`` of a result's draws and sampler statistics, with ``to_arviz``'s dims."""
-    from ..infer.result import _weight_dims
-
-    dims, coords = _weight_dims(result.samples, result.weight_sites)
+    dims, coords = psb_arviz.weight_dims(result.samples, result.weight_sites)
     return psb_arviz.to_inference_data(
         posterior={k: v.detach().cpu().numpy() for k, v in result.samples.items()},
         sample_stats={k: v.detach().cpu().numpy() for k, v in result.sample_stats.items()},
