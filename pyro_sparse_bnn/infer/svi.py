@@ -131,7 +131,9 @@ def fit_svi(
             ``"learned"`` sets it on every scale-mixture prior of the fitted copy of an
             ``nn.Module`` model. ``"learned"`` learns per weight how far to centre it
             (:class:`~pyro_sparse_bnn.priors.Prior`; Gorinova, Moore & Hoffman 2020): on the
-            validation panel (docs/panel.md) it fixes most of mean-field SVI's horseshoe fits.
+            validation panel (docs/panel.md) it fixes most of mean-field SVI's horseshoe fits,
+            but with p = 1000 and n = 100 it can settle with every weight at zero
+            (docs/choosing-an-inference-method.md).
 
     The loss is the negative ELBO per training row; the history is in ``result.info["history"]``.
 
