@@ -4,10 +4,11 @@ shrinkage priors (spike 0.05). Each seed draws another stratified train/test spl
 initialisation. Every fit is scored full, pruned by the default predictive budget (NLL +0.02,
 accuracy -1 pp on the training data) and pruned by the old fixed rule, posterior SNR > 1.
 
-    python benchmarks/demo_iris.py [--quick] [--seeds 5]
+    python benchmarks/demo_iris.py [--quick] [--seeds 5] [--centered learned]
 
-Writes benchmarks/results/demo_iris.json: one row per (prior, seed), and in ``meta.summary`` one
-row per prior (mean and sd over seeds).
+Writes benchmarks/results/demo_iris.json (``demo_iris_centered_learned.json`` with
+``--centered learned``: every prior's centring learned with the guide): one row per (prior,
+seed), and in ``meta.summary`` one row per prior (mean and sd over seeds).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ PRIORS = {
 }
 
 
-def run(name: str, epochs: int, seed: int) -> dict:
+def run(name: str, epochs: int, seed: int, centered: str | None = None) -> dict:
     x, y = psb.datasets.load("iris", split="train", seed=seed)
     x_test, y_test = psb.datasets.load("iris", split="test", seed=seed)
     torch.manual_seed(seed)
     bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), PRIORS[name](), psb.likelihoods.Categorical())
     start = time.perf_counter()
-    result = psb.fit(bnn, x, y, seed=seed, progress=False, **demo_fit_options(epochs))
+    options = demo_fit_options(epochs) | ({} if centered is None else {"centered": centered})
+    result = psb.fit(bnn, x, y, seed=seed, progress=False, **options)
     seconds = time.perf_counter() - start
     full = result.evaluate(x_test, y_test)
     pruned = result.evaluate(x_test, y_test, masked=True)
@@ -74,6 +76,8 @@ def summary(rows: list[dict]) -> list[dict]:
     out = []
     for name in PRIORS:
         mine = [r for r in rows if r["prior"] == name]
+        if not mine:
+            continue
         row = {"kind": "summary", "prior": name, "seeds": len(mine)}
         for key in SUMMARISED:
             values = torch.tensor([float(r[key]) for r in mine], dtype=torch.float64)
@@ -87,17 +91,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100 epochs instead of 1000")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (splits and inits)")
+    parser.add_argument("--centered", choices=["learned"], help="learned centring for SVI")
     args = parser.parse_args()
     torch.set_num_threads(1)
     epochs = 100 if args.quick else 1000
-    rows = [run(name, epochs, seed) for name in PRIORS for seed in range(args.seeds)]
+    priors = [p for p in PRIORS if args.centered is None or p != "normal"]  # Normal: no scale
+    rows = [run(name, epochs, seed, args.centered) for name in priors for seed in range(args.seeds)]
     columns = ["prior", "seed", "test_accuracy_full", "test_accuracy", "test_nll_full"]
     print_table(rows, [*columns, "test_nll", "test_nll_snr1", "n_kept", "n_kept_snr1", "seconds"])
     table = summary(rows)
     print()
     print_table(table, ["prior", *SUMMARISED])
+    suffix = ("" if args.centered is None else f"_centered_{args.centered}") + (
+        "_quick" if args.quick else ""
+    )
     write_results(
-        "demo_iris" + ("_quick" if args.quick else ""),
+        "demo_iris" + suffix,
         rows,
         summary=table,
         seeds=list(range(args.seeds)),
@@ -105,7 +114,7 @@ def main() -> None:
         epochs=epochs,
         pruning="default: predictive budget (NLL +0.02, accuracy -0.01 on the training data); "
         "snr1: posterior |mean|/sd > 1; biases are point estimates",
-        settings=DEMO_SETTINGS,
+        settings=DEMO_SETTINGS | {"centered": args.centered},
     )
 
 

@@ -21,7 +21,8 @@ with a Gaussian likelihood whose noise scale is a latent site.
   slab width) and a HalfNormal(2) noise scale, same step schedule.
 * ``svi_horseshoe``: ``fit(method="svi")`` with a mean-field guide and a ``priors.Horseshoe``
   with the global scale of ``nuts_horseshoe`` below, Adam lr 0.01, full batch, the default KL
-  warm-up (a third of the epochs).
+  warm-up (a third of the epochs); ``svi_horseshoe_learned`` the same with
+  ``centered="learned"`` (not in the default ``--methods``).
 * ``nuts_horseshoe``: ``fit(method="nuts")`` on the non-centred ``priors.RegularizedHorseshoe``
   (slab scale 5, wider than any coefficient) with Piironen & Vehtari's global scale
   ``p0 / (p - p0) * sigma / sqrt(n)`` for ``p0 = 3`` and a unit noise guess ``sigma = 1``;
@@ -111,16 +112,17 @@ def run_sgmcmc(name: str, data, args, **options: Any) -> dict[str, Any]:
     return row | {"iterations": iterations, "chains": args.chains, "compiled": fit.info["traced"]}
 
 
-def run_svi(data, args) -> dict[str, Any]:
+def run_svi(data, args, centered: str | None = None) -> dict[str, Any]:
     tau0 = 3 / (P - 3) / data.X_train.shape[0] ** 0.5  # as NUTS: Piironen & Vehtari, p0 = 3
     start = time.perf_counter()
     fit = psb.fit(
         linear_bnn(psb.priors.Horseshoe(global_scale=tau0)), data.X_train, data.y_train,
         method="svi", epochs=args.svi_epochs, lr=args.svi_lr, num_posterior_samples=1000,
-        seed=args.seed, progress=False,
+        seed=args.seed, progress=False, centered=centered,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    return summarise("svi_horseshoe", fit, data, seconds) | {
+    name = "svi_horseshoe" if centered is None else f"svi_horseshoe_{centered}"
+    return summarise(name, fit, data, seconds) | {
         "iterations": args.svi_epochs,
         "chains": 1,
         "global_scale": tau0,
@@ -176,6 +178,8 @@ def main() -> None:
     for method in args.methods.split(","):
         if method == "svi_horseshoe":
             rows.append(run_svi(data, args))
+        elif method == "svi_horseshoe_learned":
+            rows.append(run_svi(data, args, centered="learned"))
         elif method == "nuts_horseshoe":
             rows.append(run_nuts(data, args))
         else:
