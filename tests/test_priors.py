@@ -218,6 +218,7 @@ def _log_joint(prior, values):
 def test_learned_centring_at_its_limits_is_the_centred_or_noncentred_density(logit, centered):
     """At ``c = 1`` the learned parameterisation's log joint is the centred one's at the same
     weight; at ``c = 0`` the non-centred one's at the same standard-normal draw."""
+    previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         learned = priors.Horseshoe(0.3, centered="learned")
@@ -231,7 +232,7 @@ def test_learned_centring_at_its_limits_is_the_centred_or_noncentred_density(log
         expected = _log_joint(other, scales | {site: value})
         got = _log_joint(learned, scales | {"w_decentered": value})
     finally:
-        torch.set_default_dtype(torch.float32)
+        torch.set_default_dtype(previous)
     assert torch.allclose(got, expected, rtol=0, atol=1e-9)
 
 
