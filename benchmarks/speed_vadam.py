@@ -33,8 +33,8 @@ from _common import print_table, write_results
 from torch import Tensor, nn
 
 import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.infer.perturbation.model import _NLL, _inspect
 from pyro_sparse_bnn.infer.vadam import Vadam
-from pyro_sparse_bnn.infer.vadam.model import _NLL, _inspect
 
 
 def breast_cancer() -> tuple[Tensor, Tensor, list[int], psb.likelihoods.Likelihood]:

@@ -200,14 +200,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     names = ", ".join(datasets.DATASETS)
     fit.add_argument(
-        "dataset", type=_dataset, help=f"built-in name ({names}), MNIST directory, or a "
-        ".npz/.csv/IDX file"
+        "dataset",
+        type=_dataset,
+        help=f"built-in name ({names}), MNIST directory, or a .npz/.csv/IDX file",
     )
     fit.add_argument("--output", "-o", required=True, type=Path, help="output directory")
     fit.add_argument("--hidden", type=_positive_int, nargs="*", default=[50], help="hidden sizes")
     fit.add_argument("--prior", choices=sorted(PRIORS), default="horseshoe", help="weight prior")
     fit.add_argument(
-        "--prior-arg", action="append", default=[], metavar="KEY=VALUE",
+        "--prior-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a keyword of the prior (repeatable; keys below)",
     )
     fit.add_argument("--method", choices=sorted(METHODS), default="svi", help="inference method")
@@ -216,7 +220,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--task", choices=TASKS, default="auto", help="auto: integer or string targets classify"
     )
     fit.add_argument(
-        "--epochs", type=_positive_int,
+        "--epochs",
+        type=_positive_int,
         help=f"passes over the data (svi: enough for {SVI_MIN_STEPS} steps; others: the method's)",
     )
     fit.add_argument("--batch-size", type=_positive_int, default=None, help="global minibatch")

@@ -51,7 +51,7 @@ def _with(t: torch.Tensor, row: int, value: float) -> torch.Tensor:
 
 
 # Tiny run lengths: a case that wrongly passes validation still finishes in about a second.
-BUDGET = {m: {"epochs": 2} for m in ("svi", "vadam", "l1", "l0")} | {
+BUDGET = {m: {"epochs": 2} for m in ("svi", "vadam", "ivon", "l1", "l0")} | {
     m: {"num_samples": 2, "warmup": 2, "num_chains": 1} for m in ("nuts", "hmc")
 }
 SG_BUDGET = {"num_samples": 2, "warmup": 2, "num_chains": 1}
@@ -112,7 +112,7 @@ def test_bad_data_for_every_method(method, make_model, data, error, match, tmp_p
 
 # --- options: a typo'd keyword and a non-int seed for every method, then per method ---------
 
-_TYPO = {"svi": "guide_option", "vadam": "epoch", "l1": "epoch", "l0": "epoch"}
+_TYPO = {"svi": "guide_option", "vadam": "epoch", "ivon": "epoch", "l1": "epoch", "l0": "epoch"}
 _TYPO |= {"nuts": "warm_up", "hmc": "warm_up"}  # SG-MCMC: "num_draw"
 
 OPTION_CASES = [
@@ -137,6 +137,10 @@ OPTION_CASES = [
     case("vadam-ard-type", "vadam", {"ard": "thesis"}, TypeError, "ARDOptions"),
     case("vadam-precision", "vadam", {"prior_precision": 0.0}, ValueError, "prior_precision"),
     case("vadam-mc-samples", "vadam", {"num_particles": 0}, ValueError, "num_particles"),
+    case("ivon-ard-type", "ivon", {"ard": "yes"}, TypeError, "ard"),
+    case("ivon-beta2", "ivon", {"beta2": 1.0}, ValueError, "beta2"),
+    case("ivon-hess-init", "ivon", {"hess_init": 0.0}, ValueError, "hess_init"),
+    case("ivon-point-lr", "ivon", {"point_lr": -1.0}, ValueError, "point_lr"),
     case("l1-negative", "l1", {"l1": -1.0}, ValueError, "l1"),
     case("l1-threshold-nan", "l1", {"threshold": NAN}, ValueError, "threshold"),
     case("l1-schedule", "l1", {"lr_schedule": "cosine"}, ValueError, "lr_schedule"),

@@ -24,6 +24,7 @@ _MCMC = {"num_samples": 8, "warmup": 8, "num_chains": 2}
 OPTIONS: dict[str, dict[str, Any]] = {
     "svi": _SHORT | {"num_posterior_samples": 8},
     "vadam": _SHORT | {"num_posterior_samples": 8},
+    "ivon": _SHORT | {"num_posterior_samples": 8},
     "l1": _SHORT,
     "l0": _SHORT | {"num_posterior_samples": 8},
     "nuts": _MCMC | {"max_tree_depth": 4},

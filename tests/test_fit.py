@@ -18,6 +18,7 @@ def classifier() -> psb.SparseBNN:
 
 
 MISSPELT = {"svi": "epoch", "vadam": "num_sample", "l0": "lambda_", "l1": "thresold"}
+MISSPELT |= {"ivon": "hess_int"}
 
 
 MISSPELT |= {m: "burnin" for m in METHODS if m.startswith("sg")}

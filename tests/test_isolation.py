@@ -97,6 +97,7 @@ CALLS = {
     "fit_map": lambda m: psb.fit(m, X, Y, epochs=3, guide="map", progress=False),
     "fit_l1": lambda m: psb.fit(m, X, Y, method="l1", epochs=3, progress=False),
     "fit_vadam": lambda m: psb.fit(m, X, Y, method="vadam", epochs=2, progress=False),
+    "fit_ivon": lambda m: psb.fit(m, X, Y, method="ivon", epochs=2, progress=False),
     "fit_sgld": lambda m: psb.fit(
         m, X, Y, method="sgld", num_samples=5, warmup=5, num_chains=2, progress=False
     ),

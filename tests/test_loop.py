@@ -21,6 +21,8 @@ RESUMABLE = {
     "vadam": {"num_posterior_samples": 5},
     "vadam_ard": {"method": "vadam", "ard": True, "num_posterior_samples": 5},
     "vadam_minibatch_mean": {"method": "vadam", "per_example_grads": False, "num_particles": 2},
+    "ivon": {"num_posterior_samples": 5},
+    "ivon_ard": {"method": "ivon", "ard": True, "num_particles": 2},
     "l1": {},
     "l0": {"num_posterior_samples": 5},
 }

@@ -103,17 +103,16 @@ def test_a_crafted_file_runs_no_code_when_loaded(fitted, tmp_path):
 def test_every_method_s_result_loads_safely_and_predicts_the_same(tmp_path):
     cases = {"svi": {"epochs": 3}, "nuts": {"num_samples": 4, "warmup": 4}, "l0": {"epochs": 3}}
     cases |= {"vadam": {"epochs": 2}, "sgld_sa": {"num_samples": 4, "warmup": 4}}
+    cases |= {"ivon": {"epochs": 2, "ard": True}}
     for method, options in cases.items():
-        with pytest.warns(UserWarning) if method in ("nuts", "vadam") else nullcontext():
+        with pytest.warns(UserWarning) if method in ("nuts", "vadam", "ivon") else nullcontext():
             result = psb.fit(bnn(), X, Y, method=method, progress=False, **options)
         loaded = psb.load(result.save(tmp_path / f"{method}.pt"))
         assert torch.equal(loaded.predict(X)["probs"], result.predict(X)["probs"]), method
 
 
 def test_a_users_own_model_loads_only_when_trusted(tmp_path):
-    result = psb.fit(
-        user_model, X, Y, method="nuts", num_samples=4, warmup=4, progress=False
-    )
+    result = psb.fit(user_model, X, Y, method="nuts", num_samples=4, warmup=4, progress=False)
     path = result.save(tmp_path / "own.pt")
     with pytest.raises(ValueError, match=r"test_persistence.user_model.*trusted=\["):
         psb.load(path)

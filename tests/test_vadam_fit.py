@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 import pyro_sparse_bnn as psb
-import pyro_sparse_bnn.infer.vadam.fit as vadam_fit
+import pyro_sparse_bnn.infer.perturbation.training as perturbation_training
 from pyro_sparse_bnn.infer.vadam import ARDOptions, Vadam, VadamARD
 
 F64 = torch.float64
@@ -294,8 +294,8 @@ def test_bad_arguments_raise_before_any_work(
 
     X, y = psb.datasets.load("iris")
     bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
-    monkeypatch.setattr(vadam_fit, "_inspect", no_work)
-    monkeypatch.setattr(vadam_fit, "copy", SimpleNamespace(deepcopy=no_work))
+    monkeypatch.setattr(perturbation_training, "_inspect", no_work)
+    monkeypatch.setattr(perturbation_training, "copy", SimpleNamespace(deepcopy=no_work))
     with pytest.raises(error, match=name):
         psb.fit(bnn, X, y, method="vadam", **options)
 

@@ -8,8 +8,9 @@ own signature and help.
 (True, {'kernel': 'nuts'})
 """
 
-from . import loop, mcmc, posterior, result, sgmcmc, vadam
+from . import ivon, loop, mcmc, posterior, result, sgmcmc, vadam
 from .fit import METHODS, Method
+from .ivon import fit_ivon
 from .mcmc import fit_mcmc
 from .penalized import fit_l0, fit_l1
 from .result import FitResult
@@ -22,6 +23,7 @@ __all__ = [
     "METHODS",
     "FitResult",
     "Method",
+    "fit_ivon",
     "fit_l0",
     "fit_l1",
     "fit_mcmc",
@@ -29,6 +31,7 @@ __all__ = [
     "fit_svi",
     "fit_svi_loader",
     "fit_vadam",
+    "ivon",
     "loop",
     "mcmc",
     "posterior",

@@ -11,6 +11,7 @@ from torch import Tensor
 from ..dtypes import data_dtype
 from ..isolation import isolated
 from ..validation import as_tensor, check_keywords
+from .ivon import fit_ivon
 from .mcmc import KERNELS, fit_mcmc
 from .penalized import fit_l0, fit_l1
 from .result import FitResult
@@ -63,6 +64,7 @@ METHODS: dict[str, Method] = {
     for method in [
         Method("svi", fit_svi),
         Method("vadam", fit_vadam),
+        Method("ivon", fit_ivon),
         Method("l0", fit_l0),
         Method("l1", fit_l1),
         *[Method(name, fit_sgmcmc, fixed) for name, fixed in SGMCMC_METHODS.items()],
@@ -82,6 +84,8 @@ def fit(model: Callable, X: Tensor, y: Tensor, *, method: str = "svi", **options
       (mean-field, SparseVD, local reparameterisation, MAP guides).
     - ``"vadam"``: :func:`~pyro_sparse_bnn.infer.fit_vadam`, VADAM / VOGN natural-gradient
       variational steps, VADAM-ARD with ``ard=True``.
+    - ``"ivon"``: :func:`~pyro_sparse_bnn.infer.fit_ivon`, IVON natural-gradient variational
+      learning (wrapping ``ivon-opt``), IVON-ARD with ``ard=True``.
     - ``"l1"``, ``"l0"``: :func:`~pyro_sparse_bnn.infer.fit_l1`,
       :func:`~pyro_sparse_bnn.infer.fit_l0`, penalised point estimates (the baselines).
     - ``"nuts"``, ``"hmc"``: :func:`~pyro_sparse_bnn.infer.fit_mcmc` with that ``kernel``.

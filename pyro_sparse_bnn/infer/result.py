@@ -504,4 +504,3 @@ class FitResult:
         """
         fields = read_fields(path, trusted=trusted)
         return cls(fields.pop("model"), fields.pop("samples"), **fields)
-

@@ -188,4 +188,3 @@ def set_centring(model: Any, centered: Centring) -> None:
         )
     for prior in priors:
         prior.centered = prior._check_centring(centered)
-

@@ -13,11 +13,12 @@ does; other latent sites at a prior median), else from one draw of the model's p
   initialisation for a SparseBNN, one prior draw for a hand-written model.
 * **the observed site** (exactly one, inside a ``pyro.plate`` over the rows): its per-row
   ``log_prob``, with all latent sites conditioned, is the negative log-likelihood (NLL) that VADAM
-  differentiates. For VOGN the same conditioned model is traced under ``torch.func.vmap`` over the
-  rows of a minibatch (one row each), which gives per-example gradients in one vectorised call.
-  That works because every latent site is conditioned, so nothing is sampled inside ``vmap``; a
-  model with data-dependent Python control flow cannot be vmapped: pass
-  ``per_example_grads=False`` for it.
+  differentiates. VOGN needs each row's squared gradient: for a weight site that is the weight of
+  one Linear or Conv layer call (every weight of a SparseBNN built from such layers) it comes in
+  closed form from the layer's input and output gradient
+  (:mod:`~pyro_sparse_bnn.infer.vadam.per_example`); any other weight site gets it from one
+  batched backward pass over the rows, which some models cannot run: pass
+  ``per_example_grads=False`` for them.
 * **other latent sites the likelihood ignores** (the scale and decentred sites of a shrinkage
   prior) are held at their traced value and not used: VADAM's prior on the weights is its own
   Gaussian with precision ``prior_precision`` or, with ``ard=True``, one ARD precision ``psi_j``
@@ -41,16 +42,13 @@ SNR rule ``result.masks(k)`` (``|mean| / sd > k`` over the draws) is exactly VAD
 
 from __future__ import annotations
 
-import copy
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ...isolation import check_seed, isolated
 from ...validation import (
@@ -61,10 +59,9 @@ from ...validation import (
     check_positive_int,
     check_xy,
 )
-from ..loop import LoopOptions, TensorState, check_step
-from ..posterior import ARDPosterior
+from ..loop import LoopOptions
+from ..perturbation.training import gaussian_result, read_problem, train
 from ..result import FitResult
-from .model import _NLL, _inspect, _warn_replaced
 from .optimizer import Vadam, _check_betas
 from .variants import VadamARD
 
@@ -200,25 +197,23 @@ def fit_vadam(
         desc="vadam",
         loss_name="NLL",
     )
-    if isinstance(model, nn.Module):
-        model = copy.deepcopy(model)
-    pyro.set_rng_seed(seed)
-    start = time.perf_counter()
-    sites = _inspect(model, x, y)
-    _warn_replaced(sites, ard, prior_precision)
-    nll = _NLL(model, sites)
-    names = list(sites.weights)
-    weights = {name: nn.Parameter(value) for name, value in sites.weights.items()}
-    groups = []
-    for name in names:
-        family, lam = sites.priors[name]
-        default = lam if family == "normal" else 1.0
-        lam = default if prior_precision is None else float(prior_precision)
-        groups.append({"params": [weights[name]], "prior_precision": lam})
+    problem = read_problem(
+        model,
+        x,
+        y,
+        method="VADAM-ARD" if ard else "VADAM",
+        ard=bool(ard),
+        prior_precision=prior_precision,
+        kl_weight=kl_weight,
+        seed=seed,
+    )
+    names, weights = problem.names, problem.weights
+    groups = [
+        {"params": [weights[name]], "prior_precision": problem.precision[name]} for name in names
+    ]
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    tempered_n = n / kl_weight
     common = {
-        "num_data": tempered_n,
+        "num_data": problem.num_data,
         "lr": lr,
         "betas": tuple(betas),
         "num_particles": num_particles,
@@ -229,61 +224,37 @@ def fit_vadam(
         opt: Vadam = VadamARD(groups, a0=ard.a0, b0=ard.b0, variant=ard.variant, **common)
     else:
         opt = Vadam(groups, **common)
-    own = list(model.parameters()) if isinstance(model, nn.Module) else []
-    point_params = own + list(nll.unconstrained.values())
-    point_opt = torch.optim.Adam(point_params, lr=lr, betas=tuple(betas)) if point_params else None
+    nll = problem.nll
 
     def closure(xb: Tensor, yb: Tensor) -> Tensor:
         loss = nll(weights, xb, yb).mean()
-        (loss + nll.penalty(tempered_n)).backward()
+        (loss + nll.penalty(problem.num_data)).backward()
         return loss
 
-    def per_example(params: tuple[Tensor, ...], xi: Tensor, yi: Tensor) -> Tensor:
-        return nll(dict(zip(names, params, strict=True)), xi[None], yi[None]).sum()
+    def step(xb: Tensor, yb: Tensor) -> Tensor:
+        if per_example_grads:
+            loss = _per_example_step(opt, lambda: nll(weights, xb, yb))
+        else:
+            loss = opt.step(lambda: closure(xb, yb))
+        for p in problem.points:
+            if p.grad is not None:
+                p.grad /= num_particles
+        penalty = nll.penalty(problem.num_data) if per_example_grads else 0.0
+        if isinstance(penalty, Tensor) and penalty.requires_grad:
+            penalty.backward()
+        return loss
 
-    order = torch.Generator().manual_seed(seed)
-
-    def epoch(e: int) -> float:
-        total = 0.0
-        for idx in torch.randperm(n, generator=order).to(x.device).split(batch_size):
-            xb, yb = x[idx], y[idx]
-            if point_opt is not None:
-                point_opt.zero_grad()
-            if per_example_grads:
-                loss = _vmapped_step(opt, per_example, (xb, yb))
-                if point_opt is not None:
-                    with opt.sampled_params(), torch.enable_grad():
-                        objective = nll(weights, xb, yb).mean() + nll.penalty(tempered_n)
-                        grads = torch.autograd.grad(objective, point_params, allow_unused=True)
-                    for p, g in zip(point_params, grads, strict=True):
-                        p.grad = g
-            else:
-                loss = opt.step(lambda xb=xb, yb=yb: closure(xb, yb))
-                for p in point_params:
-                    if p.grad is not None:
-                        p.grad /= num_particles
-            check_step(loss, point_params, e, "NLL")
-            if point_opt is not None:
-                point_opt.step()
-            total += loss.item() * len(idx) / n
-        return total
-
-    parts = {"weights": TensorState(weights), "optimizer": opt}
-    parts |= {"points": TensorState(dict(enumerate(point_params)))} if point_params else {}
-    parts |= {"point_optimizer": point_opt} if point_opt is not None else {}
-    run = loop.run(epoch, parts=parts, generators={"order": order, "noise": generator})
-    run["seconds"] = time.perf_counter() - start
-
-    with torch.no_grad():
-        mu = {name: weights[name].detach().clone() for name in names}
-        sigma = dict(zip(names, opt.posterior_scale(), strict=True))
-        samples = {
-            name: _moment_matched(mu[name], sigma[name], num_posterior_samples, generator)
-            for name in names
-        }
-        points = {name: v.detach().clone() for name, v in nll.points().items()}
-        for name, value in (sites.fixed | points).items():
-            samples[name] = value.expand(1, num_posterior_samples, *value.shape).clone()
+    run = train(
+        problem,
+        loop,
+        step,
+        optimizer=opt,
+        lr=lr,
+        betas=tuple(betas),
+        batch_size=batch_size,
+        seed=seed,
+        generators={"noise": generator},
+    )
     if ard:
         assert isinstance(opt, VadamARD)
         precision: dict[str, Any] = dict(zip(names, opt.precision(), strict=True))
@@ -292,34 +263,30 @@ def fit_vadam(
             name: g["prior_precision"] for name, g in zip(names, opt.param_groups, strict=True)
         }
     info = {
-        "mu": mu,
-        "sigma": sigma,
-        "relevance": {name: mu[name].abs() / sigma[name] for name in names},
-        "prior_precision": precision,
-        "point_estimates": points,
-        "ard": bool(ard),
         "variant": ard.variant if ard else None,
         "per_example_grads": per_example_grads,
         "kl_weight": kl_weight,
         **run,
         "optimizer": opt,
     }
-    posterior = ARDPosterior({k: 1.0 / v for k, v in precision.items()}) if ard else None
-    return FitResult(model, samples, method="vadam", x=x, y=y, info=info, posterior=posterior)
+    return gaussian_result(
+        problem,
+        method="vadam",
+        sigma=opt.posterior_scale(),
+        prior_precision=precision,
+        ard=bool(ard),
+        num_posterior_samples=num_posterior_samples,
+        generator=generator,
+        info=info,
+    )
 
 
-def _vmapped_step(opt: Vadam, closure: Callable[..., Tensor], batch: tuple[Tensor, ...]) -> Tensor:
+def _per_example_step(opt: Vadam, closure: Callable[[], Tensor]) -> Tensor:
     try:
-        return opt.step(closure, batch)
+        return opt.step(closure)
     except RuntimeError as error:
         raise RuntimeError(
-            "per-example gradients (VOGN) need a model that torch.func.vmap can run one row at a "
-            "time; pass per_example_grads=False to use minibatch-mean gradients instead"
+            "per-example gradients (VOGN) of a weight that is not the weight of one Linear or Conv "
+            "layer call need torch's batched backward pass, which failed for this model; pass "
+            "per_example_grads=False to use minibatch-mean gradients instead"
         ) from error
-
-
-def _moment_matched(mu: Tensor, sigma: Tensor, num: int, generator: torch.Generator) -> Tensor:
-    """``(1, num, ...)`` draws ``mu + sigma * eps``, ``eps`` standardised over the draws."""
-    eps = torch.randn((num, *mu.shape), generator=generator, device=mu.device, dtype=torch.float64)
-    eps = (eps - eps.mean(0)) / eps.std(0)
-    return (mu + sigma * eps.to(mu.dtype)).unsqueeze(0)

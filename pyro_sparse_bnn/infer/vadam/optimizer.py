@@ -15,10 +15,12 @@ Which optimiser to use:
   underestimated by about the batch size (the variances come out too wide). Use it with batch size
   1, or when a cheap, over-dispersed posterior is acceptable.
 * :class:`VOGN` (or ``Vadam(..., per_example_grads=True)``) builds ``s`` from the mean of
-  *per-example* squared gradients, which is correct at any batch size. Per-example gradients come
-  from ``torch.func.vmap(torch.func.grad(...))`` over the examples, so the closure must be a pure
-  function (see below); memory grows as ``M`` times the number of parameters. Use it whenever the
-  posterior variances matter.
+  *per-example* squared gradients, which is correct at any batch size. Give it a closure that
+  returns the ``M`` per-example losses: the squares of Linear and Conv weights then come in closed
+  form from each layer's input and output gradient
+  (:mod:`~pyro_sparse_bnn.infer.vadam.per_example`), at about the cost of one more matrix product
+  per layer. Other tensors get per-example gradients from a batched backward pass, and a closure
+  over one example is vmapped (see below). Use it whenever the posterior variances matter.
 * :class:`VadamARD` learns one prior precision per weight (automatic relevance determination) and
   prunes by signal-to-noise ratio; it takes either gradient mode.
 
@@ -28,22 +30,34 @@ prior term and without the ``N`` factor:
 * ``per_example_grads=False``: ``opt.step(closure)``. ``closure()`` evaluates the **mean** NLL of
   the current minibatch at the parameters' current values, calls ``backward()`` on it and returns
   it as a scalar tensor. The optimiser clears its parameters' gradients before each call.
-* ``per_example_grads=True``: ``opt.step(closure, batch)``. ``batch`` is a tuple of tensors whose
-  leading dimension indexes the ``M`` examples; ``closure(params, *example)`` returns the NLL of
-  **one** example as a scalar, where ``params`` is a tuple of tensors in the order of the
-  optimiser's parameters (``param_groups``) and ``example`` holds one row of each ``batch`` tensor
+* ``per_example_grads=True``, the fast form: ``opt.step(closure)``. ``closure()`` evaluates the
+  minibatch at the parameters' current values and returns the vector of ``M`` per-example NLLs
+  (shape ``(M,)``) without calling ``backward()``; example ``i`` may depend on row ``i`` only (no
+  batch statistics). The optimiser calls ``backward()`` on their mean, so other leaves of the
+  graph (biases kept as point estimates, say) get that mean's gradient in ``.grad``:
+
+  >>> import torch
+  >>> from pyro_sparse_bnn.infer.vadam import VOGN
+  >>> net = torch.nn.Linear(3, 1)
+  >>> x, y = torch.randn(10, 3), torch.randn(10)
+  >>> opt = VOGN([net.weight], num_data=100, lr=0.01)
+  >>> loss = opt.step(lambda: 0.5 * (net(x).squeeze(1) - y) ** 2)
+
+* ``per_example_grads=True``, the vmapped form: ``opt.step(closure, batch)``. ``batch`` is a
+  tuple of tensors whose leading dimension indexes the ``M`` examples;
+  ``closure(params, *example)`` returns the NLL of **one** example as a scalar, where ``params``
+  is a tuple of tensors in the order of the optimiser's parameters (``param_groups``) and
+  ``example`` holds one row of each ``batch`` tensor
   (leading dimension removed). It is vmapped: no ``backward()``, no ``.item()``, no in-place
   changes to its inputs, no batch statistics. For an ``nn.Module`` use
   ``torch.func.functional_call``:
 
-  >>> import torch
   >>> from torch.func import functional_call
   >>> net = torch.nn.Linear(3, 1)
   >>> names = [name for name, _ in net.named_parameters()]
   >>> def nll(params, x, y):
   ...     out = functional_call(net, dict(zip(names, params)), (x.unsqueeze(0),))
   ...     return 0.5 * (out.squeeze() - y) ** 2
-  >>> from pyro_sparse_bnn.infer.vadam import VOGN
   >>> opt = VOGN(net.parameters(), num_data=100, lr=0.01)
   >>> loss = opt.step(nll, (torch.randn(10, 3), torch.randn(10)))
 
@@ -56,6 +70,7 @@ use ``fit(model, X, y, method="vadam")`` (:mod:`pyro_sparse_bnn.infer.vadam`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -69,6 +84,7 @@ from ...validation import (
     check_positive,
     check_positive_int,
 )
+from .per_example import moments, recorded_calls
 
 
 def _check_batch(batch: Any) -> tuple[Tensor, ...]:
@@ -92,6 +108,16 @@ def _check_betas(betas: Any) -> None:
         )
     if not ok:
         raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+
+
+def _takes_no_arguments(closure: Callable) -> bool:
+    try:
+        inspect.signature(closure).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): let the call decide
+        return True
+    return True
 
 
 def _average(tensors: list[Tensor]) -> Tensor:
@@ -198,6 +224,7 @@ class Vadam(torch.optim.Optimizer):
             "eps": eps,
         }
         super().__init__(params, defaults)
+        self._closed_form_checked: set[int] = set()
         self.register_state_dict_post_hook(_drop_scratch)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -351,6 +378,18 @@ class Vadam(torch.optim.Optimizer):
         grads, losses = per_example(tuple(p.detach() for p in params), *batch)
         return losses.mean(), [g.mean(0) for g in grads], [(g * g).mean(0) for g in grads]
 
+    def _closed_form_gradients(
+        self, closure: Callable[[], Tensor], params: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        with torch.enable_grad(), recorded_calls() as calls:
+            losses = closure()
+            if not isinstance(losses, Tensor) or losses.dim() != 1 or not len(losses):
+                raise ValueError(
+                    "closure must return the vector of per-example NLLs, shape (M,), with "
+                    "per_example_grads=True and no batch"
+                )
+            return moments(losses, params, calls, checked=self._closed_form_checked)
+
     @torch.no_grad()
     def step(  # type: ignore[override]
         self, closure: Callable[..., Tensor], batch: Sequence[Tensor] | None = None
@@ -358,14 +397,23 @@ class Vadam(torch.optim.Optimizer):
         """One update from ``num_particles`` closure calls at sampled weights; the mean loss.
 
         With ``per_example_grads=False``, ``closure()`` returns the mean minibatch NLL and calls
-        ``backward()``; ``batch`` stays ``None``. With ``per_example_grads=True``,
-        ``closure(params, *example)`` returns one example's NLL and ``batch`` holds the
-        minibatch tensors (leading dimension ``M``). See the module docstring. Afterwards each
+        ``backward()``; ``batch`` stays ``None``. With ``per_example_grads=True``, either
+        ``closure()`` returns the ``M`` per-example NLLs (``batch`` stays ``None``; closed-form
+        squares for Linear and Conv layers), or ``closure(params, *example)`` returns one
+        example's NLL and ``batch`` holds the minibatch tensors (leading dimension ``M``;
+        vmapped). See the module docstring. Afterwards each
         parameter's ``.grad`` holds the NLL gradient averaged over the samples.
         """
         if not callable(closure):
             raise TypeError(f"closure must be callable, got {closure!r}")
-        if self.per_example_grads:
+        if self.per_example_grads and batch is None:
+            if not _takes_no_arguments(closure):
+                raise ValueError(
+                    "closure takes arguments: pass the minibatch as batch for a closure over one "
+                    "example, or give a closure() that returns the per-example NLLs"
+                )
+            evaluate = partial(self._closed_form_gradients, closure)
+        elif self.per_example_grads:
             batch = _check_batch(batch)
             evaluate = partial(self._per_example_gradients, closure, batch)
         elif batch is not None:

@@ -1,5 +1,5 @@
-"""How ``fit_vadam`` reads a Pyro model: its weight, observed, point and held sites, and the
-per-row negative log-likelihood with every latent site conditioned."""
+"""How ``fit_vadam`` and ``fit_ivon`` read a Pyro model: its weight, observed, point and held
+sites, and the per-row negative log-likelihood with every latent site conditioned."""
 
 from __future__ import annotations
 
@@ -186,21 +186,21 @@ class _NLL:
         return -_row_log_prob(trace.nodes[self.observed], x.shape[0])
 
 
-def _warn_replaced(sites: _Sites, ard: bool, prior_precision: float | None) -> None:
+def _warn_replaced(sites: _Sites, ard: bool, prior_precision: float | None, method: str) -> None:
     if ard:
         replaced = [n for n, (family, _) in sites.priors.items() if family != "ard"]
         message = (
-            "VADAM-ARD replaces the model's prior on weight sites {} (not a Normal with a "
+            "{} replaces the model's prior on weight sites {} (not a Normal with a "
             "Gamma-distributed precision) by N(0, 1/psi_j), psi_j ~ Gamma(a0, b0), per weight"
         )
     else:
         replaced = [n for n, (family, _) in sites.priors.items() if family != "normal"]
         message = (
-            "VADAM replaces the model's prior on weight sites {} (not a fixed zero-mean Normal) "
+            "{} replaces the model's prior on weight sites {} (not a fixed zero-mean Normal) "
             "by its Gaussian N(0, 1/prior_precision)"
         )
     if replaced:
-        warnings.warn(message.format(replaced), UserWarning, stacklevel=3)
+        warnings.warn(message.format(method, replaced), UserWarning, stacklevel=4)
     if not ard and prior_precision is not None:
         differs = [
             n
@@ -212,5 +212,5 @@ def _warn_replaced(sites: _Sites, ard: bool, prior_precision: float | None) -> N
                 f"prior_precision={prior_precision} overrides the precision of the model's Normal "
                 f"prior on weight sites {differs}",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )

@@ -1,0 +1,224 @@
+"""Tests for pyro_sparse_bnn.infer.ivon: IVON against ivon-opt and a conjugate posterior, IVON-ARD
+against its closed-form update, and the optimiser habits (state_dict, exceptions, accumulation)."""
+
+from __future__ import annotations
+
+import ivon
+import pytest
+import torch
+from test_vadam import LinearRegression
+from torch import Tensor, nn
+
+import pyro_sparse_bnn as psb
+from pyro_sparse_bnn.infer.ivon import IVON, IVONARD
+
+F64 = torch.float64
+
+
+def train_step(opt: IVON, loss_fn, samples: int = 1) -> None:
+    """One IVON step: ``samples`` sampled blocks, each backpropagating ``loss_fn()``."""
+    for _ in range(samples):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            loss_fn().backward()
+    opt.step()
+
+
+def regression_loss(w: Tensor, problem: LinearRegression):
+    return lambda: problem.nll(w, problem.X, problem.y).mean()
+
+
+def test_steps_equal_ivon_opt_on_the_same_seed() -> None:
+    """Wrapped, not forked: ten steps of ours and of ``ivon.IVON`` give identical weights."""
+    problem = LinearRegression()
+    finals = []
+    for cls in (IVON, ivon.IVON):
+        w = nn.Parameter(torch.zeros(3, dtype=F64))
+        opt = cls([w], lr=0.1, ess=problem.n, weight_decay=problem.lam / problem.n)
+        torch.manual_seed(0)
+        for _ in range(10):
+            train_step(opt, regression_loss(w, problem))
+        finals.append((w.detach().clone(), opt.param_groups[0]["hess"].clone()))
+    assert torch.equal(finals[0][0], finals[1][0]) and torch.equal(finals[0][1], finals[1][1])
+
+
+def test_conjugate_regression_reaches_the_mean_field_posterior() -> None:
+    """With a Hessian that can move (beta2 = 0.99) and a decaying step, IVON's mean reaches the
+    exact posterior mean within 0.1 posterior sd and its sd the mean-field optimum
+    ``1 / sqrt(A_jj)`` within 10 % (Price's Hessian estimator is unbiased for a quadratic)."""
+    problem = LinearRegression()
+    sd = problem.A.inverse().diagonal().sqrt()
+    for seed in (0, 1):
+        w = nn.Parameter(torch.zeros(3, dtype=F64))
+        opt = IVON([w], lr=0.2, ess=problem.n, beta2=0.99, weight_decay=problem.lam / problem.n)
+        schedule = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.01, total_iters=2000)
+        torch.manual_seed(seed)
+        for _ in range(2000):
+            train_step(opt, regression_loss(w, problem), samples=4)
+            schedule.step()
+        error = (w.detach() - problem.mean).abs() / sd
+        ratio = opt.posterior_scale()[0] / problem.mf_var.sqrt()
+        assert (error < 0.1).all(), (seed, error)
+        assert ((ratio - 1).abs() < 0.1).all(), (seed, ratio)
+
+
+def test_ard_update_matches_its_closed_form() -> None:
+    """After a step, psi_j = (a0 + 1/2) / (b0 + (m_j^2 + sigma_j^2) / 2) with sigma_j^2 from the
+    new Hessian and the previous weight decay, clamped; the weight decay becomes psi_j / ess."""
+    problem = LinearRegression()
+    w = nn.Parameter(torch.tensor([1.0, -0.001, 0.5], dtype=F64))
+    opt = IVONARD([w], lr=0.1, ess=problem.n, a0=1.0, b0=0.5, psi_max=2.0)
+    before = opt.param_groups[0]["weight_decay"].clone()
+    assert torch.allclose(before, torch.full((3,), 1.0 / problem.n, dtype=F64))
+    torch.manual_seed(0)
+    train_step(opt, regression_loss(w, problem))
+    group = opt.param_groups[0]
+    variance = 1 / (problem.n * (group["hess"] + before))
+    psi = (1.0 + 0.5) / (0.5 + 0.5 * (w.detach() ** 2 + variance))
+    expected = psi.clamp(1e-8, 2.0)
+    assert torch.allclose(opt.precision()[0], expected)
+    assert torch.allclose(group["weight_decay"], expected / problem.n)
+    assert expected[1] == 2.0  # the clamp is active for the near-zero weight
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ard_finds_the_relevant_inputs(seed: int) -> None:
+    """Regression on 8 inputs of which 3 matter (n = 200, noise sd 0.3): the weights with
+    relevance |m| / sigma > 3 are exactly those 3."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(200, 8, generator=gen)
+    w_true = torch.tensor([1.5, 0.0, -1.0, 0.0, 0.0, 0.7, 0.0, 0.0])
+    y = x @ w_true + 0.3 * torch.randn(200, generator=gen)
+    w = nn.Parameter(torch.zeros(8))
+    opt = IVONARD([w], lr=0.1, ess=200, beta2=0.99)
+    torch.manual_seed(seed)
+    for _ in range(1500):
+        train_step(opt, lambda: ((x @ w - y) ** 2).mean() / (2 * 0.3**2))
+    assert ((opt.relevance()[0] > 3) == (w_true != 0)).all()
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    """A reloaded optimiser (step count included: the momentum's bias correction needs it)
+    continues exactly as the original."""
+    problem = LinearRegression()
+
+    def run(resume: bool) -> Tensor:
+        w = nn.Parameter(torch.zeros(3, dtype=F64))
+        opt = IVON([w], lr=0.1, ess=problem.n)
+        torch.manual_seed(0)
+        for _ in range(3):
+            train_step(opt, regression_loss(w, problem))
+        if resume:
+            state, values, rng = opt.state_dict(), w.detach().clone(), torch.get_rng_state()
+            w = nn.Parameter(values)
+            opt = IVON([w], lr=0.5, ess=1.0)  # other options: the state dict brings them back
+            opt.load_state_dict(state)
+            torch.set_rng_state(rng)
+            assert opt.current_step == 3
+        for _ in range(3):
+            train_step(opt, regression_loss(w, problem))
+        return w.detach()
+
+    assert torch.equal(run(False), run(True))
+
+
+def test_means_return_when_an_exception_escapes_a_sampled_block() -> None:
+    w = nn.Parameter(torch.ones(4))
+    opt = IVON([w], lr=0.1, ess=10)
+    with pytest.raises(RuntimeError, match="boom"), opt.sampled_params(train=True):
+        assert not torch.equal(w.detach(), torch.ones(4))
+        raise RuntimeError("boom")
+    assert torch.equal(w.detach(), torch.ones(4))
+    assert opt.state["count"] == 0  # no gradient was recorded
+
+
+def test_gradient_accumulation_equals_the_full_batch() -> None:
+    """Two half-batches backpropagated inside one sampled block, each scaled by 1/2, give the
+    full-batch step on the same weight draw."""
+    problem = LinearRegression()
+    finals = []
+    for parts in (1, 2):
+        w = nn.Parameter(torch.zeros(3, dtype=F64))
+        opt = IVON([w], lr=0.1, ess=problem.n)
+        torch.manual_seed(0)
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            for idx in torch.arange(problem.n).chunk(parts):
+                (problem.nll(w, problem.X[idx], problem.y[idx]).mean() / parts).backward()
+        opt.step()
+        finals.append(w.detach().clone())
+    assert torch.allclose(finals[0], finals[1], atol=1e-12)
+
+
+def test_bfloat16_autocast_trains() -> None:
+    """Mixed precision: the forward pass in bfloat16 under autocast, IVON's state in float32;
+    the network still learns a linear map (loss below a tenth of its start)."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 5)
+    y = x @ torch.randn(5, 1)
+    net = nn.Linear(5, 1)
+    opt = IVON(net.parameters(), lr=0.1, ess=256 * 100)
+    with torch.no_grad():
+        start = nn.functional.mse_loss(net(x), y).item()
+    for _ in range(300):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = nn.functional.mse_loss(net(x), y)
+            loss.backward()
+        opt.step()
+    assert net.weight.dtype == torch.float32 and opt.param_groups[0]["hess"].dtype == torch.float32
+    with torch.no_grad():
+        assert nn.functional.mse_loss(net(x), y).item() < 0.1 * start
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"lr": -0.1}, "lr"),
+        ({"ess": 0}, "ess"),
+        ({"hess_init": 0.0}, "hess_init"),
+        ({"beta2": 1.5}, "beta2"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"mc_samples": 0}, "mc_samples"),
+        ({"hess_approx": "exact"}, "hess_approx"),
+    ],
+)
+def test_bad_arguments_name_the_argument(options: dict, name: str) -> None:
+    kwargs = {"lr": 0.1, "ess": 10} | options
+    with pytest.raises(ValueError, match=name):
+        IVON([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_ivonard_refuses_a_fixed_weight_decay() -> None:
+    with pytest.raises(TypeError, match="weight_decay"):
+        IVONARD([nn.Parameter(torch.zeros(2))], lr=0.1, ess=10, weight_decay=1e-3)
+    with pytest.raises(ValueError, match="psi_max"):
+        IVONARD([nn.Parameter(torch.zeros(2))], lr=0.1, ess=10, psi_min=1.0, psi_max=0.5)
+
+
+def test_fit_ivon_result_holds_the_optimiser_posterior() -> None:
+    """``fit(method="ivon")``: the stored draws have exactly the optimiser's mean and sd per
+    weight, and IVON-ARD's result prunes by the same relevance rules as every method."""
+    X, y = psb.datasets.load("iris")
+    bnn = psb.SparseBNN(psb.mlp([4, 8, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
+    fit = psb.fit(bnn, X, y, method="ivon", epochs=200, progress=False)
+    draws = fit.samples["0.weight"][0]
+    assert torch.allclose(draws.mean(0), fit.info["mu"]["0.weight"], atol=1e-5)
+    assert torch.allclose(draws.std(0), fit.info["sigma"]["0.weight"], rtol=1e-4)
+    assert fit.evaluate(X, y)["accuracy"] > 0.9
+    with pytest.warns(UserWarning, match="IVON-ARD replaces"):
+        ard = psb.fit(
+            psb.SparseBNN(
+                psb.mlp([4, 8, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical()
+            ),
+            X,
+            y,
+            method="ivon",
+            ard=True,
+            epochs=200,
+            progress=False,
+        )
+    assert set(ard.posterior.relevance_rules) >= {"snr", "ard"}
+    kept = sum(int(m.sum()) for m in ard.masks().values())
+    assert 0 < kept < 32 + 24
