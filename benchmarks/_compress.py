@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,8 @@ SPARSE_VD_SNR = math.exp(-1.5)
 THRESHOLDS = (0.05, 0.1, 0.5, 1.0, 2.0)
 """Relevance thresholds also scored for the variational methods (kept: ``|mean| / sd`` above)."""
 METHODS = ("dense", "l1", "sparsevd", "ard", "group_sparsevd", "group_horseshoe", "l0")
+NATURAL_GRADIENT = {"ivon_ard": "ivon", "vadam_ard": "vadam"}
+"""ARD by natural-gradient VI at each method's defaults (benchmarks/ivon.py); pruned as SparseVD."""
 
 
 def kept_neurons(small: nn.Module) -> list[int]:
@@ -146,6 +149,19 @@ def run_method(
         params = gated.deterministic_weights()
         masks = {k: v != 0 for k, v in params.items()}
         base = gated.plain_network()
+    elif method in NATURAL_GRADIENT:
+        bnn = psb.SparseBNN(net, psb.priors.ARD(), likelihood)
+        with warnings.catch_warnings():  # the ARD prior is replaced by the method's own: meant
+            warnings.simplefilter("ignore", UserWarning)
+            result = psb.fit(
+                bnn, x, y, method=NATURAL_GRADIENT[method], ard=True, epochs=settings["epochs"],
+                batch_size=settings["batch_size"], num_posterior_samples=2, seed=settings["seed"],
+                progress=settings["progress"],
+            )  # fmt: skip
+        seconds = time.perf_counter() - start
+        params = {k: m for k, (m, _) in result.weight_moments().items()}
+        masks = result.masks(SPARSE_VD_SNR)
+        base = result.model.net
     else:
         prior = {
             "sparsevd": psb.priors.LogUniform(),

@@ -20,7 +20,7 @@ DOCS = ROOT / "docs"
 RESULTS = ROOT / "benchmarks" / "results"
 # Pages whose ```python blocks run as written (other pages show fragments of longer sessions);
 # index.md fits two models (about 25 s of CPU).
-RUNNABLE_PAGES = ["index.md", "choosing-a-prior.md", "benchmarks.md"]
+RUNNABLE_PAGES = ["index.md", "choosing-a-prior.md", "benchmarks.md", "ivon.md"]
 
 for plugin in ("mkdocs", "material", "mkdocstrings", "mkdocs_jupyter"):
     pytest.importorskip(plugin, reason=f"the docs build needs the docs extra ({plugin})")

@@ -47,7 +47,7 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "pyro_sparse_bnn"
-METHOD_PAGES = ("vadam.md", "sgmcmc.md", "mcmc.md", "compression.md")
+METHOD_PAGES = ("vadam.md", "ivon.md", "sgmcmc.md", "mcmc.md", "compression.md")
 """Pages that document one inference method each, in nav order, when they exist."""
 RESULTS = ROOT / "benchmarks" / "results"
 SUMMARY_ROWS = 25
