@@ -177,8 +177,8 @@ class IVONARD(IVON):
     Prune by :meth:`relevance`.
 
     Args:
-        params, lr, ess, hess_init, beta1, beta2, mc_samples, hess_approx, clip_radius, sync,
-            debias: as :class:`IVON` (keywords).
+        params, lr, ess, options: as :class:`IVON` (keywords; no ``weight_decay`` or
+            ``rescale_lr``).
         prior_precision: initial ``psi_j`` for every weight; a parameter group may set its own.
         a0, b0: shape and rate of the Gamma prior on each ``psi_j`` (0, 0: the ARD limit).
         psi_min, psi_max: clamp for ``psi_j``.
