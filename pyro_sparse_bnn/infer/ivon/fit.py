@@ -15,18 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...isolation import check_seed, isolated
+from ...isolation import isolated
 from ...validation import (
     check_bool,
     check_choice,
     check_nonnegative,
     check_number,
     check_positive,
-    check_positive_int,
-    check_xy,
 )
 from ..loop import LR_SCHEDULES, LoopOptions
-from ..perturbation.training import gaussian_result, read_problem, train
+from ..perturbation.training import check_common, gaussian_result, read_problem, train
 from ..result import FitResult
 from .optimizer import IVON, IVONARD
 
@@ -102,31 +100,28 @@ def fit_ivon(
     >>> result.evaluate(X, y)["accuracy"] > 0.9
     True
     """
-    if not callable(model):
-        raise TypeError(f"model must be callable, got {type(model).__name__}")
-    x, y = check_xy(X, y, model=model)
-    check_seed(seed)
-    if y is None:
-        raise ValueError("y is required for fitting")
+    x, y, batch_size = check_common(
+        model,
+        X,
+        y,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        num_particles=num_particles,
+        prior_precision=prior_precision,
+        kl_weight=kl_weight,
+        num_posterior_samples=num_posterior_samples,
+    )
     check_bool(ard, "ard")
-    epochs = check_positive_int(epochs, "epochs")
     if ard_warmup is None:
         ard_warmup = epochs // 4
     check_nonnegative(ard_warmup, "ard_warmup", integer=True)
-    n = x.shape[0]
-    batch_size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
     check_positive(lr, "lr")
     check_positive(point_lr, "point_lr")
     check_choice(lr_schedule, "lr_schedule", tuple(LR_SCHEDULES))
     check_positive(hess_init, "hess_init")
     check_number(beta1, "beta1", low=0.0, high=1.0, high_open=True)
     check_number(beta2, "beta2", low=0.0, high=1.0, high_open=True)
-    check_positive_int(num_particles, "num_particles")
-    if prior_precision is not None:
-        check_positive(prior_precision, "prior_precision")
-    check_positive(kl_weight, "kl_weight")
-    if check_positive_int(num_posterior_samples, "num_posterior_samples") < 2:
-        raise ValueError(f"num_posterior_samples must be at least 2, got {num_posterior_samples}")
     loop = LoopOptions(
         epochs,
         progress,
@@ -155,7 +150,7 @@ def fit_ivon(
     ]
     opt: IVON
     if ard:
-        steps_per_epoch = -(-n // batch_size)
+        steps_per_epoch = -(-x.shape[0] // batch_size)
         opt = IVONARD(groups, warmup_steps=ard_warmup * steps_per_epoch, **common)
     else:
         for group in groups:

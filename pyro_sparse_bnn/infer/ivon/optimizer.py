@@ -189,9 +189,9 @@ class IVONARD(IVON):
     >>> g = torch.Generator().manual_seed(0)
     >>> x = torch.randn(200, 3, generator=g)
     >>> y = 2 * x[:, :1] + 0.1 * torch.randn(200, 1, generator=g)
+    >>> _ = torch.manual_seed(0)  # the initial weights and IVON's weight noise
     >>> net = torch.nn.Linear(3, 1, bias=False)
-    >>> opt = IVONARD(net.parameters(), lr=0.1, ess=200 * 100, beta2=0.99)
-    >>> _ = torch.manual_seed(0)
+    >>> opt = IVONARD(net.parameters(), lr=0.1, ess=200 * 100, beta2=0.99)  # 1 / noise var = 100
     >>> for _ in range(500):
     ...     with opt.sampled_params(train=True):
     ...         opt.zero_grad()

@@ -18,6 +18,8 @@ import pyro
 import torch
 from torch import Tensor, nn
 
+from ...isolation import check_seed
+from ...validation import check_positive, check_positive_int, check_xy
 from ..loop import LoopOptions, TensorState, check_step, lr_scheduler
 from ..posterior import ARDPosterior
 from ..result import FitResult
@@ -47,6 +49,39 @@ class Problem:
     @property
     def names(self) -> list[str]:
         return list(self.weights)
+
+
+def check_common(
+    model: Any,
+    X: Any,
+    y: Any,
+    *,
+    seed: Any,
+    epochs: Any,
+    batch_size: Any,
+    num_particles: Any,
+    prior_precision: Any,
+    kl_weight: Any,
+    num_posterior_samples: Any,
+) -> tuple[Tensor, Tensor, int]:
+    """Check the options both fits share, before any work; returns ``x``, ``y`` as tensors and
+    the batch size (default: all rows)."""
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    x, y = check_xy(X, y, model=model)
+    check_seed(seed)
+    if y is None:
+        raise ValueError("y is required for fitting")
+    check_positive_int(epochs, "epochs")
+    n = x.shape[0]
+    batch_size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
+    check_positive_int(num_particles, "num_particles")
+    if prior_precision is not None:
+        check_positive(prior_precision, "prior_precision")
+    check_positive(kl_weight, "kl_weight")
+    if check_positive_int(num_posterior_samples, "num_posterior_samples") < 2:
+        raise ValueError(f"num_posterior_samples must be at least 2, got {num_posterior_samples}")
+    return x, y, batch_size
 
 
 def read_problem(

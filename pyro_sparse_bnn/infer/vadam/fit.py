@@ -50,17 +50,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...isolation import check_seed, isolated
+from ...isolation import isolated
 from ...validation import (
     check_bool,
     check_choice,
     check_nonnegative,
     check_positive,
-    check_positive_int,
-    check_xy,
 )
 from ..loop import LoopOptions
-from ..perturbation.training import gaussian_result, read_problem, train
+from ..perturbation.training import check_common, gaussian_result, read_problem, train
 from ..result import FitResult
 from .optimizer import Vadam, _check_betas
 from .variants import VadamARD
@@ -164,29 +162,26 @@ def fit_vadam(
     >>> sorted(result.info["sigma"])
     ['0.weight']
     """
-    if not callable(model):
-        raise TypeError(f"model must be callable, got {type(model).__name__}")
-    x, y = check_xy(X, y, model=model)
-    check_seed(seed)
-    if y is None:
-        raise ValueError("y is required for fitting")
+    x, y, batch_size = check_common(
+        model,
+        X,
+        y,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        num_particles=num_particles,
+        prior_precision=prior_precision,
+        kl_weight=kl_weight,
+        num_posterior_samples=num_posterior_samples,
+    )
     if not isinstance(ard, bool | ARDOptions):
         raise TypeError(f"ard must be a bool or an ARDOptions, got {ard!r}")
     ard = ARDOptions() if ard is True else ard
-    epochs = check_positive_int(epochs, "epochs")
-    n = x.shape[0]
-    batch_size = n if batch_size is None else min(check_positive_int(batch_size, "batch_size"), n)
     check_positive(lr, "lr")
     _check_betas(betas)
-    check_positive_int(num_particles, "num_particles")
-    if prior_precision is not None:
-        check_positive(prior_precision, "prior_precision")
     if per_example_grads is None:
         per_example_grads = batch_size > 1
     check_bool(per_example_grads, "per_example_grads")
-    check_positive(kl_weight, "kl_weight")
-    if check_positive_int(num_posterior_samples, "num_posterior_samples") < 2:
-        raise ValueError(f"num_posterior_samples must be at least 2, got {num_posterior_samples}")
     loop = LoopOptions(
         epochs,
         progress,

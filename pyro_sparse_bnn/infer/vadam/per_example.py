@@ -14,6 +14,7 @@ the per-example losses instead. :func:`moments` checks, on the first call for ea
 the closed form reproduces the autograd gradient, and falls back when it does not.
 
 >>> import torch
+>>> _ = torch.manual_seed(0)
 >>> net = torch.nn.Linear(3, 2)
 >>> x = torch.randn(5, 3)
 >>> with recorded_calls() as calls:
