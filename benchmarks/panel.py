@@ -53,6 +53,7 @@ Methods (``METHODS``), every fit seeded with ``FIT_SEED``:
   iterations, weights started at 0; ``_pruned`` adds ``pruning=InclusionPruning()``.
 * ``vadam_ard``: ``fit(method="vadam", ard=True)`` with ``priors.ARD()``, 3000 full-batch epochs
   at lr 0.01, 500 draws.
+* ``ivon_ard``: ``fit(method="ivon", ard=True)`` at its defaults, the same epochs and draws.
 
 Measured per (problem, method): test MSE (regression) or test accuracy and NLL (classification) of
 the full posterior predictive and of the model pruned by the default ``fit.masks()`` (``pruned_*``)
@@ -451,6 +452,16 @@ def fit_vadam_ard(pr: Problem, data: Data, budget: Budget) -> psb.FitResult:
     )  # fmt: skip
 
 
+def fit_ivon_ard(pr: Problem, data: Data, budget: Budget) -> psb.FitResult:
+    torch.manual_seed(FIT_SEED)
+    net = nn.Linear(data.X_train.shape[1], data.classes)
+    bnn = psb.SparseBNN(net, psb.priors.ARD(), likelihood(pr.task))
+    return psb.fit(
+        bnn, data.X_train, data.y_train, method="ivon", ard=True, epochs=budget.vadam_epochs,
+        num_posterior_samples=budget.draws, seed=FIT_SEED, progress=False,
+    )  # fmt: skip
+
+
 Fitter = Callable[[Problem, Data, Budget], psb.FitResult]
 
 
@@ -488,6 +499,7 @@ METHODS: dict[str, Method] = {
     "sgld_sa": Method(lambda pr, d, b: fit_sgld_sa(False, pr, d, b), "ssgl"),
     "sgld_sa_pruned": Method(lambda pr, d, b: fit_sgld_sa(True, pr, d, b), "ssgl"),
     "vadam_ard": Method(fit_vadam_ard, "ard"),
+    "ivon_ard": Method(fit_ivon_ard, "ard"),
 }
 
 

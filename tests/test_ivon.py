@@ -81,6 +81,21 @@ def test_ard_update_matches_its_closed_form() -> None:
     assert expected[1] == 2.0  # the clamp is active for the near-zero weight
 
 
+def test_ard_with_a_fast_hessian_stays_finite() -> None:
+    """IVON keeps h + delta > 0 but lets h go negative; when ARD then lowers delta, h + delta
+    turned negative and the weight noise NaN (beta2 = 0.9 on a small tanh net). The floor on h
+    keeps every weight finite."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 2))
+    opt = IVONARD(net.parameters(), lr=0.1, ess=256, beta2=0.9)
+    for _ in range(400):
+        train_step(opt, lambda: nn.functional.cross_entropy(net(x), y))
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert all((g["hess"] >= 0).all() for g in opt.param_groups)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ard_finds_the_relevant_inputs(seed: int) -> None:
     """Regression on 8 inputs of which 3 matter (n = 200, noise sd 0.3): the weights with

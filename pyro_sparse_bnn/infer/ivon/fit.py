@@ -168,6 +168,10 @@ def fit_ivon(
                     (loss + nll.penalty(ess)).backward()
                 losses.append(loss.detach())
         opt.step()
+        if not all(bool(torch.isfinite(w).all()) for w in problem.weights.values()):
+            raise FloatingPointError(
+                "IVON's weight means became non-finite: lower lr or raise hess_init"
+            )
         for p in problem.points:
             if p.grad is not None:
                 p.grad /= num_particles

@@ -171,10 +171,11 @@ class IVONARD(IVON):
         delta_j    = psi_j / ess
 
     clamped to ``[psi_min, psi_max]``; ``delta_j`` is the weight decay of the next step (a tensor
-    per parameter group). Each group's ``lr`` becomes ``lr (hess_init + delta_0)`` with its
-    initial ``delta_0 = prior_precision / ess``, fixed from then on: ``ivon-opt`` would rescale
-    the step by each weight's current ``delta_j``, which diverges once ``lr delta_j > 2``.
-    Prune by :meth:`relevance`.
+    per parameter group). IVON keeps ``h + delta`` positive but lets ``h`` go negative; since
+    ``delta`` now changes between steps, ``h`` is floored at 0 after each update. Each group's
+    ``lr`` becomes ``lr (hess_init + delta_0)`` with its initial ``delta_0 = prior_precision /
+    ess``, fixed from then on: ``ivon-opt`` would rescale the step by each weight's current
+    ``delta_j``, which diverges once ``lr delta_j > 2``. Prune by :meth:`relevance`.
 
     Args:
         params, lr, ess, options: as :class:`IVON` (keywords; no ``weight_decay`` or
@@ -258,4 +259,6 @@ class IVONARD(IVON):
             variance = (ess * (group["hess"] + delta)).reciprocal()
             psi = (a0 + 0.5) / (b0 + 0.5 * (mean * mean + variance))
             group["weight_decay"] = psi.clamp_(self.ard["psi_min"], self.ard["psi_max"]) / ess
+            # IVON keeps h + delta > 0, not h > 0: a smaller new delta could flip the sign
+            group["hess"] = group["hess"].clamp(min=0.0)
         return loss
