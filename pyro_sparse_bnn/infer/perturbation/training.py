@@ -143,9 +143,10 @@ def train(
     point_opt = torch.optim.Adam(points, lr=lr, betas=betas) if points else None
     order = torch.Generator().manual_seed(seed)
     x, y, n = problem.x, problem.y, problem.x.shape[0]
-    schedulers = [lr_scheduler(optimizer, lr_schedule, loop.epochs)]
-    if point_opt is not None:
-        schedulers.append(lr_scheduler(point_opt, lr_schedule, loop.epochs))
+    schedulers = []  # none for a constant rate: checkpoints keep their earlier parts
+    if lr_schedule != "constant":
+        optimizers = [optimizer] if point_opt is None else [optimizer, point_opt]
+        schedulers = [lr_scheduler(opt, lr_schedule, loop.epochs) for opt in optimizers]
 
     def epoch(e: int) -> float:
         total = 0.0
