@@ -187,6 +187,36 @@ def test_bfloat16_autocast_trains() -> None:
         assert nn.functional.mse_loss(net(x), y).item() < 0.1 * start
 
 
+def test_float16_steps_that_overflow_are_dropped() -> None:
+    """float16 autocast with a GradScaler whose first scales overflow: the scaler skips those
+    steps and our IVON drops their samples, so the weights stay finite and the fit converges;
+    ``ivon-opt`` alone averages the non-finite gradients into its state and ends in NaN."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 5)
+    y = x @ torch.randn(5, 1)
+    finals = {}
+    for cls in (IVON, ivon.IVON):
+        net = nn.Linear(5, 1)
+        net.load_state_dict({"weight": torch.zeros(1, 5), "bias": torch.zeros(1)})
+        opt = cls(net.parameters(), lr=0.1, ess=256 * 100)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+        torch.manual_seed(1)
+        for _ in range(300):
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = nn.functional.mse_loss(net(x), y)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            scaler.step(opt)
+            scaler.update()
+        finals[cls] = net.weight.detach().clone()
+        assert scaler.get_scale() < 2.0**40  # the first steps did overflow
+    assert torch.isfinite(finals[IVON]).all() and not torch.isfinite(finals[ivon.IVON]).all()
+    with torch.no_grad():
+        assert nn.functional.mse_loss(x @ finals[IVON].T, y) < 0.05 * y.var()
+
+
 @pytest.mark.parametrize(
     ("options", "name"),
     [

@@ -11,7 +11,11 @@ The update itself is ``ivon-opt``'s, untouched.
 One training step, as with ``ivon-opt``: draw weights in a sampled block, backpropagate the mean
 minibatch NLL there, then ``step()``. Several sampled blocks before one ``step()`` average their
 gradients (Monte Carlo samples); several ``backward()`` calls inside one block accumulate, so
-scale each by ``1 / micro-batches`` for gradient accumulation.
+scale each by ``1 / micro-batches`` for gradient accumulation. IVON reads the gradients when the
+block closes, so with float16 and a ``GradScaler`` call ``scaler.unscale_(opt)`` inside the block
+and ``scaler.step(opt)`` after it. The scaler skips a step whose gradients overflowed; the next
+sampled block drops that step's samples (``ivon-opt`` would average the infinities into the
+next step).
 
 >>> import torch
 >>> net = torch.nn.Linear(3, 1)
@@ -113,7 +117,10 @@ class IVON(ivon.IVON):
     def sampled_params(self, train: bool = False) -> Iterator[None]:
         """Within the block every parameter holds one posterior draw; the means return after,
         also when an exception escapes (then no gradient is recorded). With ``train=True`` the
-        block's gradients (in ``.grad``) feed the next :meth:`step`."""
+        block's gradients (in ``.grad``) feed the next :meth:`step`. Samples left by a step
+        that a ``GradScaler`` skipped for overflow (non-finite gradients) are dropped first."""
+        if self.state["count"] and not bool(torch.isfinite(self.state["avg_grad"]).all()):
+            self._reset_samples()
         means, noise = self._sample_params()
         try:
             yield
@@ -121,6 +128,16 @@ class IVON(ivon.IVON):
             self._restore_param_average(False, means, noise)
             raise
         self._restore_param_average(train, means, noise)
+
+    def _nothing_to_update(self, closure: Any) -> bool:
+        return closure is None and self.state["count"] == 0
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Tensor | None:  # type: ignore[override]
+        """``ivon.IVON.step``; without a sample since the last step it changes nothing."""
+        if self._nothing_to_update(closure):
+            return None
+        return super().step(closure)
 
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.Optimizer.state_dict`` plus the step count (bias correction)."""
@@ -249,6 +266,8 @@ class IVONARD(IVON):
     def step(self, closure: Any = None) -> Tensor | None:  # type: ignore[override]
         """An IVON step, then (after ``warmup_steps``) the closed-form update of every
         ``psi_j``."""
+        if self._nothing_to_update(closure):
+            return None
         loss = super().step(closure)
         if self.current_step <= self.warmup_steps:
             return loss
