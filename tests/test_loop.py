@@ -21,6 +21,7 @@ RESUMABLE = {
     "vadam": {"num_posterior_samples": 5},
     "vadam_ard": {"method": "vadam", "ard": True, "num_posterior_samples": 5},
     "vadam_minibatch_mean": {"method": "vadam", "per_example_grads": False, "num_particles": 2},
+    "vadam_linear_decay": {"method": "vadam", "lr_schedule": "linear_decay"},
     "ivon": {"num_posterior_samples": 5},
     "ivon_ard": {"method": "ivon", "ard": True, "num_particles": 2},
     "l1": {},

@@ -110,6 +110,18 @@ def test_kl_weight_tempers_the_likelihood(conjugate: Conjugate) -> None:
     assert (sigma**2 / c.optimum()[1]).min() > 2  # far from the untempered posterior
 
 
+def test_prec_init_sets_the_starting_posterior(conjugate: Conjugate) -> None:
+    """One full-batch step from ``prec_init = P``: ``s = b2 s0 + (1 - b2) g^2`` with
+    ``N s0 = P - lam``, so the posterior sd is ``1 / sqrt(P)`` to within 0.1 % for a large P
+    (the default starts at the prior, sd ``1 / sqrt(lam)``)."""
+    c = conjugate
+    result = psb.fit(c.model, c.X, c.y, method="vadam", epochs=1, prec_init=1e4)
+    sigma = result.info["sigma"]["w"]
+    assert ((sigma * 100 - 1).abs() < 1e-3).all(), sigma
+    with pytest.raises(ValueError, match="prec_init"):
+        psb.fit(c.model, c.X, c.y, method="vadam", prior_precision=2.0, prec_init=1.0)
+
+
 class SparseRegression:
     """n = 200, sd = 0.5, 3 relevant features (2, -1.5, 1) and 20 irrelevant, ARD prior."""
 
@@ -273,6 +285,8 @@ BAD_OPTIONS = [
     ({"ard": "yes"}, TypeError, "ard"),
     ({"per_example_grads": 1}, TypeError, "per_example_grads"),
     ({"callback": 3}, TypeError, "callback"),
+    ({"prec_init": -1.0}, ValueError, "prec_init"),
+    ({"lr_schedule": "cosine"}, ValueError, "lr_schedule"),
 ]
 
 

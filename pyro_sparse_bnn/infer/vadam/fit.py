@@ -57,7 +57,7 @@ from ...validation import (
     check_nonnegative,
     check_positive,
 )
-from ..loop import LoopOptions
+from ..loop import LR_SCHEDULES, LoopOptions
 from ..perturbation.training import check_common, gaussian_result, read_problem, train
 from ..result import FitResult
 from .optimizer import Vadam, _check_betas
@@ -103,9 +103,11 @@ def fit_vadam(
     epochs: int = 100,
     batch_size: int | None = None,
     lr: float = 1e-2,
+    lr_schedule: str = "constant",
     betas: tuple[float, float] = (0.9, 0.999),
     num_particles: int = 1,
     prior_precision: float | None = None,
+    prec_init: float | None = None,
     per_example_grads: bool | None = None,
     kl_weight: float = 1.0,
     num_posterior_samples: int = 200,
@@ -132,9 +134,13 @@ def fit_vadam(
             an :class:`ARDOptions` (update variant, Gamma hyperparameters).
         epochs: passes over the data; ``batch_size`` rows per step (default: full batch).
         lr, betas: step size and moment decay rates of the VADAM and Adam updates.
+        lr_schedule: ``"constant"`` or ``"linear_decay"`` (constant for the first half of the
+            epochs, then linearly to 0), for both.
         num_particles: ``K``, weight samples (model evaluations) per step.
         prior_precision: ``lambda`` (the initial ``psi`` with ``ard=True``). ``None`` takes each
             site's precision from a fixed Normal prior in the model, else 1.
+        prec_init: the posterior precision ``N s + lambda`` at the start (default: the prior
+            precision, so the first draws come from the prior); at least ``prior_precision``.
         per_example_grads: build ``s`` from per-example squared gradients (VOGN; correct at any
             batch size) instead of squared minibatch means (Vadam; correct at batch size 1, too
             wide posteriors for larger batches). ``None``: VOGN unless ``batch_size == 1``.
@@ -178,7 +184,14 @@ def fit_vadam(
         raise TypeError(f"ard must be a bool or an ARDOptions, got {ard!r}")
     ard = ARDOptions() if ard is True else ard
     check_positive(lr, "lr")
+    check_choice(lr_schedule, "lr_schedule", tuple(LR_SCHEDULES))
     _check_betas(betas)
+    if prec_init is not None:
+        check_positive(prec_init, "prec_init")
+        if prior_precision is not None and prec_init < prior_precision:
+            raise ValueError(
+                f"prec_init must be at least prior_precision ({prior_precision}), got {prec_init!r}"
+            )
     if per_example_grads is None:
         per_example_grads = batch_size > 1
     check_bool(per_example_grads, "per_example_grads")
@@ -204,7 +217,8 @@ def fit_vadam(
     )
     names, weights = problem.names, problem.weights
     groups = [
-        {"params": [weights[name]], "prior_precision": problem.precision[name]} for name in names
+        {"params": [weights[n]], "prior_precision": problem.precision[n], "prec_init": prec_init}
+        for n in names
     ]
     generator = torch.Generator(device=x.device).manual_seed(seed)
     common = {
@@ -248,6 +262,7 @@ def fit_vadam(
         betas=tuple(betas),
         batch_size=batch_size,
         seed=seed,
+        lr_schedule=lr_schedule,
         generators={"noise": generator},
     )
     if ard:
