@@ -235,6 +235,11 @@ def test_bad_arguments_name_the_argument(options: dict, name: str) -> None:
         IVON([nn.Parameter(torch.zeros(2))], **kwargs)
 
 
+def test_integer_params_are_refused() -> None:
+    with pytest.raises(TypeError, match="floating-point"):
+        IVON([torch.zeros(2, dtype=torch.long)], lr=0.1, ess=10)
+
+
 def test_ivonard_refuses_a_fixed_weight_decay() -> None:
     with pytest.raises(TypeError, match="weight_decay"):
         IVONARD([nn.Parameter(torch.zeros(2))], lr=0.1, ess=10, weight_decay=1e-3)

@@ -108,9 +108,18 @@ class IVON(ivon.IVON):
             "clip_radius": clip_radius,
         }
         _check_options(options)
-        params = list(params)
+        params = [  # groups' tensor iterables listed once, so that checking them keeps them
+            {**g, "params": [g["params"]] if isinstance(g["params"], Tensor) else list(g["params"])}
+            if isinstance(g, dict)
+            else g
+            for g in params
+        ]
         if not params:
             raise ValueError("params must not be empty")
+        for group in _groups(params):
+            for p in group["params"] if isinstance(group, dict) else group:
+                if not isinstance(p, Tensor) or not p.dtype.is_floating_point:
+                    raise TypeError(f"params must be floating-point tensors, got {p!r:.60}")
         super().__init__(params, **options, sync=sync, debias=debias, rescale_lr=rescale_lr)
 
     @contextmanager
