@@ -52,6 +52,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import _pareto
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -91,8 +92,7 @@ def network(seed: int) -> nn.Sequential:
 
 def thresholds(scores: Tensor) -> list[float]:
     """One threshold per count in COUNTS: keep the ``n`` highest scores (``score > threshold``)."""
-    ordered = scores.sort(descending=True).values
-    return [float((ordered[n - 1] + ordered[n]) / 2) if n < len(ordered) else 0.0 for n in COUNTS]
+    return _pareto.thresholds(scores, COUNTS)
 
 
 def effective(masks: dict[str, Tensor]) -> int:
@@ -199,22 +199,8 @@ def run_sparse_vd(seed: int, epochs: int, data: Data) -> list[dict]:
 
 
 def fronts(points: list[dict], count: str) -> tuple[dict[str, dict[int, float]], pd.DataFrame]:
-    """Mean over seeds of each seed's front ``min error over configs and count <= n``, and the
-    per-seed fronts (columns: method, seed, n, test_error)."""
-    mean: dict[str, dict[int, float]] = {}
-    per_seed = []
-    frame = pd.DataFrame(points)
-    for method, group in frame.groupby("method"):
-        columns = []
-        for seed, runs in group.groupby("seed"):
-            best = runs.groupby(count)["test_error"].min()
-            front = best.reindex(range(N_PARAMS + 1)).cummin().ffill().reindex(COUNTS)
-            columns.append(front)
-            per_seed += [
-                {"method": method, "seed": seed, "n": n, "test_error": e} for n, e in front.items()
-            ]
-        mean[method] = pd.concat(columns, axis=1).mean(axis=1, skipna=False).to_dict()
-    return mean, pd.DataFrame(per_seed)
+    """The mean and per-seed fronts over ``count`` at COUNTS (see ``_pareto.fronts``)."""
+    return _pareto.fronts(points, count, COUNTS, N_PARAMS)
 
 
 def plot(mean: dict[str, dict[int, float]], per_seed: pd.DataFrame) -> None:

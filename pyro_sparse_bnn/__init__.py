@@ -28,6 +28,7 @@ from . import (
     penalties,
     priors,
     prune,
+    recurrent,
     sparsity,
 )
 from ._version import __version__
@@ -37,7 +38,7 @@ from .nn import SparseBNN, mlp
 
 load = FitResult.load
 
-_LAZY_MODULES = ("datasets", "lightning", "plots")
+_LAZY_MODULES = ("datasets", "lightning", "mil", "plots")
 """Submodules imported on first attribute access: they load scikit-learn, Lightning, matplotlib
 and seaborn, which a fit does not need (``python -X importtime -c "import pyro_sparse_bnn"``)."""
 
@@ -68,11 +69,13 @@ __all__ = [
     "load",
     "lrt",
     "metrics",
+    "mil",
     "mlp",
     "nn",
     "penalties",
     "plots",
     "priors",
     "prune",
+    "recurrent",
     "sparsity",
 ]

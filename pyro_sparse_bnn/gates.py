@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .distributions import HardConcrete
-from .nn import BAYESIAN_LAYERS
+from .nn import BAYESIAN_LAYERS, RECURRENT_LAYERS
 from .validation import check_nonnegative, check_number
 
 __all__ = ["LOG_ALPHA_RANGE", "GatedLayer", "L0Network"]
@@ -69,8 +69,11 @@ class GatedLayer(nn.Module):
         return gate.rsample((batch,)) if self.training else gate.deterministic_gate()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.group_dim == 1:
-            return self.layer(x * self._gates(x.shape[0]))
+        if self.group_dim == 1:  # one gate draw per example, shared by its positions (if any)
+            z = self._gates(x.shape[0])
+            if z.dim() == 2:
+                z = z.reshape(z.shape[0], *(1,) * (x.dim() - 2), -1)
+            return self.layer(x * z)
         out = self.layer(x)
         z = self._gates(out.shape[0])
         z = z.reshape(*z.shape, *(1,) * (out.dim() - 2))
@@ -142,6 +145,11 @@ class L0Network(nn.Module):
             raise ValueError("net must contain at least one Linear or Conv layer")
         if "" in self.layer_names:
             raise ValueError("net must contain its layers (a bare Linear/Conv cannot be wrapped)")
+        recurrent = [n for n in self.layer_names
+                     if isinstance(self.net.get_submodule(n), RECURRENT_LAYERS)]  # fmt: skip
+        if recurrent:
+            raise ValueError(f"L0 gates cover Linear and Conv layers; net has recurrent layers "
+                             f"{recurrent} (use SparseVD or L1 for recurrent nets)")  # fmt: skip
         gen = torch.Generator().manual_seed(seed)
         for i, name in enumerate(self.layer_names):
             layer = self.net.get_submodule(name)

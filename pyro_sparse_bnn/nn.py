@@ -3,7 +3,10 @@
 :class:`SparseBNN` keeps a copy of the user's network and, on every call, draws each layer's weight
 from its shrinkage prior (one ``pyro.sample`` hierarchy per layer, named after the module path, e.g.
 ``"0.weight"``) and runs the network with those weights through :func:`torch.func.functional_call`.
-Any architecture built of ``Linear``/``Conv1d``/``Conv2d`` layers works unchanged.
+Any architecture built of ``Linear``/``Conv1d``/``Conv2d`` layers works unchanged; ``nn.LSTM`` and
+``nn.GRU`` layers become their fused one-matrix form (:mod:`pyro_sparse_bnn.recurrent`), whose
+weight site (e.g. ``"1.weight"``) has one row per gate of each neuron and one column per input and
+per hidden neuron.
 
 >>> import torch, pyro
 >>> from pyro_sparse_bnn import SparseBNN, mlp, priors, likelihoods
@@ -17,7 +20,6 @@ torch.Size([5])
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Mapping, Sequence
 
@@ -28,10 +30,12 @@ from torch import Tensor, nn
 from .isolation import LocalParams
 from .likelihoods import Likelihood
 from .priors import Prior
+from .recurrent import FusedGRU, FusedLSTM, fuse_recurrent
 
-__all__ = ["BAYESIAN_LAYERS", "SparseBNN", "mlp"]
+__all__ = ["BAYESIAN_LAYERS", "RECURRENT_LAYERS", "SparseBNN", "mlp"]
 
-BAYESIAN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+RECURRENT_LAYERS = (FusedLSTM, FusedGRU)
+BAYESIAN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, *RECURRENT_LAYERS)
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -59,7 +63,8 @@ class SparseBNN(LocalParams, PyroModule):
     """A Pyro model ``(x, y=None) -> y`` whose layer weights carry shrinkage priors.
 
     Args:
-        net: a plain network; it is copied, the original is never changed.
+        net: a plain network; it is copied, the original is never changed. Its ``nn.LSTM`` and
+            ``nn.GRU`` layers (one layer, one direction each) become fused layers.
         prior: one prior for every layer, or a mapping from layer name (module path) to prior.
         likelihood: the observation model applied to the network output.
         bias_prior: a prior for the biases, or ``None`` to learn them as point estimates.
@@ -80,21 +85,20 @@ class SparseBNN(LocalParams, PyroModule):
             raise TypeError(f"likelihood must be a Likelihood, got {type(likelihood).__name__}")
         if bias_prior is not None and not isinstance(bias_prior, Prior):
             raise TypeError(f"bias_prior must be a Prior or None, got {type(bias_prior).__name__}")
-        layers = [(n, m) for n, m in net.named_modules() if isinstance(m, BAYESIAN_LAYERS)]
+        fused = fuse_recurrent(net)
+        layers = [(n, m) for n, m in fused.named_modules() if isinstance(m, BAYESIAN_LAYERS)]
         if not layers:
-            raise ValueError("net must contain at least one Linear or Conv layer")
+            raise ValueError("net must contain at least one Linear, Conv, LSTM or GRU layer")
         names = [n for n, _ in layers]
         priors = _priors_per_layer(prior, names)
-        self.net = copy.deepcopy(net)
+        self.net = fused
         self.likelihood = likelihood
         self.priors = nn.ModuleDict({_key(n): p for n, p in priors.items()})
         self.bias_prior = bias_prior
         self.layer_names = names
         for name in names:
-            layer = self.net.get_submodule(name)
-            _freeze_as_buffer(layer, "weight")
-            if bias_prior is not None and layer.bias is not None:
-                _freeze_as_buffer(layer, "bias")
+            for param in self._sampled_params(name):
+                _freeze_as_buffer(self.net.get_submodule(name), param)
 
     @property
     def weight_sites(self) -> list[str]:
@@ -103,14 +107,18 @@ class SparseBNN(LocalParams, PyroModule):
 
     @property
     def in_features(self) -> int:
-        """Feature (or channel) count the first Bayesian layer expects."""
+        """Feature (channel, or per-step input) count the first Bayesian layer expects."""
         first = self.net.get_submodule(self.layer_names[0])
+        if isinstance(first, RECURRENT_LAYERS):
+            return first.input_size
         return first.in_features if isinstance(first, nn.Linear) else first.in_channels
 
     @property
     def out_features(self) -> int:
         """Output width of the last Bayesian layer."""
         last = self.net.get_submodule(self.layer_names[-1])
+        if isinstance(last, RECURRENT_LAYERS):
+            return last.hidden_size
         return last.out_features if isinstance(last, nn.Linear) else last.out_channels
 
     def initial_weights(self) -> dict[str, Tensor]:
@@ -124,8 +132,11 @@ class SparseBNN(LocalParams, PyroModule):
         return values
 
     def _sampled_params(self, layer: str) -> list[str]:
-        has_bias = self.net.get_submodule(layer).bias is not None
-        return ["weight", "bias"] if self.bias_prior is not None and has_bias else ["weight"]
+        if self.bias_prior is None:
+            return ["weight"]
+        module = self.net.get_submodule(layer)
+        biases = ("bias", "bias_hn")  # bias_hn: a GRU's candidate bias (see recurrent.FusedGRU)
+        return ["weight", *(b for b in biases if getattr(module, b, None) is not None)]
 
     def sample_params(self) -> dict[str, Tensor]:
         """Draw every Bayesian parameter from its prior (emitting the Pyro sites)."""
@@ -165,9 +176,20 @@ class SparseBNN(LocalParams, PyroModule):
         return getattr(self.net.get_submodule(layer), param)
 
     def check_data(self, x: Tensor, y: Tensor | None = None) -> None:
-        """Raise ``ValueError``/``TypeError`` if ``x``/``y`` do not fit this network."""
-        linear = isinstance(self.net.get_submodule(self.layer_names[0]), nn.Linear)
-        if x.dim() < 2 or x.shape[1] != self.in_features or (linear and x.dim() != 2):
+        """Raise ``ValueError``/``TypeError`` if ``x``/``y`` do not fit this network (a network
+        with a ``check_input(x, in_features)`` method, such as a bag network, checks ``x``)."""
+        first = self.net.get_submodule(self.layer_names[0])
+        linear = isinstance(first, nn.Linear)
+        check_input = getattr(self.net, "check_input", None)
+        if callable(check_input):
+            check_input(x, self.in_features)
+        elif isinstance(first, RECURRENT_LAYERS):
+            if x.dim() != 3 or x.shape[2] != self.in_features:
+                raise ValueError(
+                    f"X must have shape (n, steps, {self.in_features}) for this recurrent network "
+                    f"(one sequence per row), got {tuple(x.shape)}"
+                )
+        elif x.dim() < 2 or x.shape[1] != self.in_features or (linear and x.dim() != 2):
             expected = f"(n, {self.in_features})" if linear else f"(n, {self.in_features}, ...)"
             raise ValueError(f"X must have shape {expected} for this network, got {tuple(x.shape)}")
         if y is not None:

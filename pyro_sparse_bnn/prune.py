@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,8 +35,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from .nn import BAYESIAN_LAYERS
+from .mil.bags import BagPooling, MILNet
+from .nn import BAYESIAN_LAYERS, RECURRENT_LAYERS
 from .projection import linear_layer
+from .recurrent import FusedGRU, RecurrentOutput, fuse_recurrent
 from .sparsity import scalp_masks
 from .validation import check_nonnegative
 
@@ -134,7 +137,19 @@ def apply_masks(net: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
 def _flatten(net: nn.Module) -> list[nn.Module]:
     if isinstance(net, nn.Sequential):
         return [m for child in net for m in _flatten(child)]
+    if isinstance(net, MILNet):
+        return [*_flatten(net.instance), net.pool, *_flatten(net.bag)]
     return [net]
+
+
+def _assemble(modules: list[nn.Module]) -> nn.Module:
+    """``modules`` as an ``nn.Sequential``, or as a ``MILNet`` split at its bag pooling."""
+    pools = [i for i, m in enumerate(modules) if isinstance(m, BagPooling)]
+    if not pools:
+        return nn.Sequential(*modules)
+    i = pools[0]
+    instance, bag = nn.Sequential(*modules[:i]), nn.Sequential(*modules[i + 1 :])
+    return MILNet(instance, bag, pooling=modules[i].mode)
 
 
 def _check_supported(modules: list[nn.Module]) -> None:
@@ -142,13 +157,17 @@ def _check_supported(modules: list[nn.Module]) -> None:
         if isinstance(m, BAYESIAN_LAYERS):
             if isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups != 1:
                 raise ValueError(f"grouped convolutions are not supported, got {m}")
-        elif not isinstance(m, _ELEMENTWISE + _POOLS + (nn.Flatten,)):
+        elif not isinstance(m, _ELEMENTWISE + _POOLS + (nn.Flatten, BagPooling)):
             raise ValueError(
                 f"prune supports Sequential nets of Linear/Conv1d/Conv2d, elementwise activations, "
-                f"pooling and Flatten; got {type(m).__name__}"
+                f"pooling and Flatten, and bag networks (MILNet) of them; got {type(m).__name__}"
             )
     if not any(isinstance(m, BAYESIAN_LAYERS) for m in modules):
         raise ValueError("net must contain at least one Linear or Conv layer")
+    if any(isinstance(m, BagPooling) for m in modules) and not all(
+        isinstance(m, nn.Linear) for m in modules if isinstance(m, BAYESIAN_LAYERS)
+    ):
+        raise ValueError("prune supports bag networks (MILNet) of Linear layers only")
 
 
 class _Layer:
@@ -170,16 +189,25 @@ class _Layer:
 
 
 def _in_columns(nxt: _Layer, layer: _Layer) -> int:
-    """How many input columns of ``nxt`` each unit of ``layer`` feeds (1 unless flattened)."""
+    """How many input columns of ``nxt`` each unit of ``layer`` feeds (1 unless flattened or
+    pooled into several copies). Flattening puts a unit's columns side by side; bag pooling puts
+    the copies in blocks (all means, then all maxima)."""
     if isinstance(nxt.module, nn.Linear) and any(isinstance(m, nn.Flatten) for m in layer.after):
         return nxt.weight.shape[1] // layer.units
-    return 1
+    return math.prod(m.copies for m in layer.after if isinstance(m, BagPooling))
+
+
+def _in_blocks(layer: _Layer) -> bool:
+    return any(isinstance(m, BagPooling) for m in layer.after)
 
 
 def _incoming(nxt: _Layer, layer: _Layer) -> Tensor:
-    """``nxt``'s weights grouped by the unit of ``layer`` they read: ``(units, out, ...)``."""
+    """``nxt``'s weights grouped by the unit of ``layer`` they read: ``(units, out, ...)``, or
+    ``(units, out, k)`` where each unit feeds ``k`` columns."""
     k = _in_columns(nxt, layer)
     w = nxt.weight
+    if k > 1 and _in_blocks(layer):
+        return w.reshape(w.shape[0], k, layer.units).permute(2, 0, 1)
     if k > 1:
         return w.reshape(w.shape[0], layer.units, k).transpose(0, 1)
     return w.transpose(0, 1)
@@ -191,7 +219,10 @@ def _constant_outputs(layer: _Layer) -> Tensor | None:
     x = layer.bias.reshape(1, -1, *(1,) * (len(layer.out_shape) - 1))
     x = x.expand(1, *layer.out_shape).clone()
     for m in layer.after:
-        x = x if isinstance(m, nn.Flatten) else m(x)
+        if isinstance(m, BagPooling):  # every pool of a constant is that constant
+            x = x.repeat_interleave(m.copies, -1)
+        elif not isinstance(m, nn.Flatten):
+            x = m(x)
     per_unit = x.reshape(layer.units, -1) if x.dim() > 1 else x.reshape(layer.units, 1)
     if not torch.allclose(per_unit, per_unit[:, :1].expand_as(per_unit)):
         return None
@@ -223,7 +254,9 @@ def _pair(v: Any) -> tuple:
 def _columns(nxt: _Layer, layer: _Layer, units: Tensor) -> Tensor:
     """Boolean mask over ``nxt``'s input columns read from the given units of ``layer``."""
     k = _in_columns(nxt, layer)
-    return units.repeat_interleave(k) if k > 1 else units
+    if k > 1:
+        return units.repeat(k) if _in_blocks(layer) else units.repeat_interleave(k)
+    return units
 
 
 def _remove_units(layer: _Layer, nxt: _Layer, keep: Tensor) -> None:
@@ -282,8 +315,9 @@ def _rebuild(layer: _Layer) -> nn.Module:
 
 def prune(
     net: nn.Module, example_input: Tensor | None = None, *, inputs: str = "keep"
-) -> nn.Sequential:
-    """A smaller ``nn.Sequential`` computing the same function as ``net`` (weights as they are).
+) -> nn.Module:
+    """A smaller ``nn.Sequential`` (or bag network) computing the same function as ``net``
+    (weights as they are).
 
     Zero weights mark what was pruned (see :func:`masked_network`). A hidden unit (neuron or
     channel) with no non-zero outgoing weights is removed; one with no non-zero incoming weights
@@ -293,7 +327,13 @@ def prune(
 
     Args:
         net: an ``nn.Sequential`` (nesting allowed) of ``Linear``/``Conv1d``/``Conv2d`` layers,
-            elementwise activations, pooling and ``Flatten``.
+            elementwise activations, pooling and ``Flatten``; or a
+            :class:`~pyro_sparse_bnn.mil.MILNet` whose instance and bag networks are Sequentials
+            of ``Linear`` layers and elementwise activations (then a ``MILNet`` is returned); or
+            a Sequential of ``nn.LSTM``/``nn.GRU`` layers (or their fused forms), each followed
+            by a :class:`~pyro_sparse_bnn.recurrent.RecurrentOutput`, then a feed-forward tail
+            whose first layer is ``Linear``: hidden units that nothing downstream reads are
+            removed, the rest returned as smaller plain ``nn.LSTM``/``nn.GRU`` layers.
         example_input: one input batch; needed only when the net has convolutions (for the
             spatial sizes).
         inputs: ``"keep"``: the small net reads the same input as ``net`` (input features no
@@ -315,7 +355,12 @@ def prune(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if inputs not in ("keep", "select"):
         raise ValueError(f"inputs must be 'keep' or 'select', got {inputs!r}")
-    modules = _flatten(copy.deepcopy(net).eval())
+    modules = _flatten(fuse_recurrent(net).eval())
+    recurrent = any(isinstance(m, RECURRENT_LAYERS) for m in modules)
+    if inputs == "select" and (isinstance(net, MILNet) or recurrent):
+        raise ValueError("inputs='select' is not supported for bag or recurrent networks")
+    if recurrent:
+        return _prune_recurrent(modules, example_input)
     _check_supported(modules)
     has_conv = any(isinstance(m, nn.Conv1d | nn.Conv2d) for m in modules)
     if has_conv and example_input is None:
@@ -344,7 +389,7 @@ def prune(
         for layer in layers:
             out.append(_rebuild(layer))
             out.extend(layer.after)
-    small = nn.Sequential(*out).eval()
+    small = _assemble(out).eval()
     if inputs == "select":
         small.register_buffer("kept_inputs", used.nonzero()[:, 0])
     return small
@@ -417,13 +462,16 @@ def live_masks(result: Any, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
             numbers[name] = count.reshape(mask.shape) * mask
             start += mask.numel()
     numbered = masked_network(copy.deepcopy(net).double(), params | numbers)
-    layers = [m for m in _flatten(prune(numbered, x.double())) if isinstance(m, BAYESIAN_LAYERS)]
-    found = torch.cat([m.weight.reshape(-1) for m in layers])
+    small = prune(numbered, x.double())
+    found = torch.cat([p.reshape(-1) for k, p in small.named_parameters() if "weight" in k])
     found = found[found != 0]
     out = {name: torch.isin(n, found) & masks[name] for name, n in numbers.items()}
     output_layer = result.model.layer_names[-1]
     for name in set(masks) - set(numbers):
         layer = name.rpartition(".")[0]
+        if isinstance(net.get_submodule(layer), RECURRENT_LAYERS):  # constant gates need them
+            out[name] = masks[name]
+            continue
         incoming = out[f"{layer}.weight" if layer else "weight"]
         alive = incoming.reshape(incoming.shape[0], -1).any(1)
         out[name] = masks[name] if layer == output_layer else masks[name] & alive
@@ -453,3 +501,93 @@ def scalp_prune(
     params = {k: v.mean(0) for k, v in draws.items() if k in state}
     masks = scalp_masks({k: params[k] for k in sites}, threshold)
     return prune(masked_network(net, params, masks), result.x[:1]), masks
+
+
+def _kept_units(layer: nn.Module, read: Tensor) -> Tensor:
+    """The hidden units of a fused recurrent ``layer`` that matter: those ``read`` downstream and,
+    repeatedly, those whose state a kept unit's gates read."""
+    hidden = layer.weight[:, layer.input_size :] != 0  # (gates * units, units)
+    keep = read.clone()
+    while True:
+        grown = keep | hidden[keep.repeat(layer.gates)].any(0)
+        if torch.equal(grown, keep):
+            return keep
+        keep = grown
+
+
+def _shrink(layer: nn.Module, units: Tensor, inputs: Tensor) -> nn.RNNBase:
+    """The plain ``nn.LSTM``/``nn.GRU`` of ``layer`` restricted to hidden ``units`` and
+    ``inputs`` (boolean masks)."""
+    rows = units.repeat(layer.gates)
+    small = type(layer)(int(inputs.sum()), int(units.sum()), bias=layer.bias is not None,
+                        batch_first=layer.batch_first)  # fmt: skip
+    small = small.to(layer.weight)
+    with torch.no_grad():
+        small.weight.copy_(layer.weight[rows][:, torch.cat([inputs, units])])
+        if layer.bias is not None:
+            small.bias.copy_(layer.bias[rows])
+        if isinstance(layer, FusedGRU) and layer.bias_hn is not None:
+            small.bias_hn.copy_(layer.bias_hn[units])
+    return small.to_torch()
+
+
+def _prune_recurrent(modules: list[nn.Module], example_input: Tensor | None) -> nn.Sequential:
+    """:func:`prune` for a Sequential of fused recurrent layers (each followed by a
+    :class:`~pyro_sparse_bnn.recurrent.RecurrentOutput`) and then a feed-forward tail.
+
+    A hidden unit is removed when nothing downstream reads it: no kept weight of the tail (or the
+    next recurrent layer) and no gate of a kept unit. A unit whose gates read nothing still
+    evolves over time (its cell integrates its biases), so it is kept while it is read; a gate
+    whose row is zero is constant, its bias, as in the plain ``nn.LSTM`` returned.
+    """
+    positions = [i for i, m in enumerate(modules) if isinstance(m, RECURRENT_LAYERS)]
+    for i in positions:
+        if i + 1 >= len(modules) or not isinstance(modules[i + 1], RecurrentOutput):
+            raise ValueError("prune needs a RecurrentOutput after each recurrent layer")
+    between = [m for m in modules[: positions[-1]] if not isinstance(m, RECURRENT_LAYERS)]
+    if not all(isinstance(m, (*_ELEMENTWISE, RecurrentOutput)) for m in between):
+        raise ValueError("prune supports elementwise modules only before the last recurrent layer")
+    last = modules[positions[-1]]
+    tail = modules[positions[-1] + 2 :]
+    head = modules[: positions[-1] + 2]
+    out_tail: list[nn.Module] = []
+    read = torch.ones(last.hidden_size, dtype=torch.bool, device=last.weight.device)
+    if any(isinstance(m, BAYESIAN_LAYERS) for m in tail):
+        if not isinstance(next(m for m in tail if isinstance(m, BAYESIAN_LAYERS)), nn.Linear):
+            raise ValueError("prune needs a Linear layer first after the last recurrent layer")
+        tail_input = None
+        if example_input is not None:
+            with torch.no_grad():
+                tail_input = nn.Sequential(*head)(example_input[:1])
+        small_tail = prune(nn.Sequential(*tail), tail_input, inputs="select")
+        read = torch.zeros_like(read)
+        read[small_tail.kept_inputs] = True
+        out_tail = _flatten(small_tail)
+    else:
+        out_tail, small_tail = tail, None
+    units = _kept_units(last, read)
+    if small_tail is not None:  # the tail's first layer reads the kept units, in order
+        first = next(i for i, m in enumerate(out_tail) if isinstance(m, BAYESIAN_LAYERS))
+        layer = out_tail[first]
+        weight = layer.weight.new_zeros(layer.out_features, int(units.sum()))
+        weight[:, read[units]] = layer.weight.detach()
+        wider = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None)
+        wider = wider.to(weight)
+        with torch.no_grad():
+            wider.weight.copy_(weight)
+            if layer.bias is not None:
+                wider.bias.copy_(layer.bias)
+        out_tail[first] = wider
+    pruned: dict[int, nn.Module] = {}
+    for index in reversed(positions):
+        layer = modules[index]
+        earlier = [p for p in positions if p < index]
+        inputs = torch.ones(layer.input_size, dtype=torch.bool, device=units.device)
+        if earlier:  # the earlier layer keeps the units this one reads, and what they read
+            reads = (layer.weight[units.repeat(layer.gates), : layer.input_size] != 0).any(0)
+            reads[0] |= not reads.any()
+            inputs = _kept_units(modules[earlier[-1]], reads)
+        pruned[index] = _shrink(layer, units, inputs)
+        units = inputs
+    out = [pruned.get(i, m) for i, m in enumerate(head)]
+    return nn.Sequential(*out, *out_tail).eval()

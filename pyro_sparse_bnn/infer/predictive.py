@@ -28,6 +28,9 @@ __all__ = ["DrawPredictive"]
 
 CHUNK = 50
 """Posterior draws per vectorised pass through the model."""
+ROW_DRAWS = 20_000
+"""Rows times draws per pass: larger inputs go through in row chunks, so memory stays bounded
+(a recurrent net keeps every time step of every row and draw of a pass)."""
 
 
 def _observed_node(trace: poutine.Trace, conditioned: dict) -> dict:
@@ -81,22 +84,32 @@ class DrawPredictive:
         self, x: Tensor, y: Tensor | None, draws: dict[str, Tensor], *, sample: bool = False
     ) -> dict[str, Tensor]:
         """Per draw and row: class ``probs`` or ``mean``/``variance`` of the observation model,
-        ``log_lik`` of ``y`` and, with ``sample``, a posterior predictive ``sample``."""
+        ``log_lik`` of ``y`` and, with ``sample``, a posterior predictive ``sample``. Rows go
+        through in chunks of at most :data:`ROW_DRAWS` rows times draws (each row's prediction
+        depends on that row alone)."""
         with torch.no_grad():
-            if self._vectorises(x, draws):
-                parts = [
-                    _summarise(*self._vectorised(x, chunk), y, sample)
-                    for chunk in _chunks(draws, CHUNK)
-                ]
-            else:
-                parts = [
-                    {
-                        k: v.unsqueeze(0)
-                        for k, v in _summarise(*self._single(x, d), y, sample).items()
-                    }
-                    for d in _chunks(draws, 1, squeeze=True)
-                ]
+            vectorised = self._vectorises(x, draws)
+            size = CHUNK if vectorised else 1
+            step = max(1, ROW_DRAWS // size)
+            parts = []
+            for chunk in _chunks(draws, size):
+                rows = [
+                    self._pass(x[i : i + step], None if y is None else y[i : i + step], chunk,
+                               vectorised, sample)
+                    for i in range(0, x.shape[0], step)
+                ]  # fmt: skip
+                parts.append({k: torch.cat([r[k] for r in rows], 1) for k in rows[0]})
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _pass(self, x: Tensor, y: Tensor | None, draws: dict[str, Tensor], vectorised: bool,
+              sample: bool) -> dict[str, Tensor]:  # fmt: skip
+        """Summaries ``(draws, rows, ...)`` of one chunk of draws on one chunk of rows."""
+        if vectorised:
+            return _summarise(*self._vectorised(x, draws), y, sample)
+        single = {k: v[0] for k, v in draws.items()}
+        return {
+            k: v.unsqueeze(0) for k, v in _summarise(*self._single(x, single), y, sample).items()
+        }
 
     def _vectorises(self, x: Tensor, draws: dict[str, Tensor]) -> bool:
         """Whether the model gives the right answer on a batch of draws, decided once: a

@@ -268,7 +268,8 @@ class FitResult:
         """A plain, smaller ``nn.Sequential``: posterior-mean weights outside
         :meth:`masks` ``(threshold, by)`` zeroed and dead neurons/channels removed
         (``exp(-1.5)`` is SparseVD's ``log_alpha > 3``). Its outputs equal the masked network's.
-        It is made of torch modules only (``torch.save(small)`` loads without this package);
+        It is made of torch modules only (``torch.save(small)`` loads without this package),
+        except a bag network's, a smaller :class:`~pyro_sparse_bnn.mil.MILNet`;
         ``inputs="select"`` drops unread input features (see :func:`~pyro_sparse_bnn.prune.prune`).
         """
         if inputs not in ("keep", "select"):

@@ -32,7 +32,7 @@ signal-to-noise was 8.7 centred against 0.47 non-centred.
 """
 
 from .base import WEIGHT_TAG, Centring, Groups, Prior, set_centring, weight_deterministic
-from .improper import GroupLogUniform, LogUniform, ProfiledARD
+from .improper import GroupLogUniform, LogUniform, ProfiledARD, StructuredLogUniform
 from .scaling import PROFILES, ScaLP, scaling_factors
 from .shrinkage import ARD, Horseshoe, Laplace, Normal, RegularizedHorseshoe, SpikeAndSlab, StudentT
 
@@ -52,6 +52,7 @@ __all__ = [
     "RegularizedHorseshoe",
     "ScaLP",
     "SpikeAndSlab",
+    "StructuredLogUniform",
     "StudentT",
     "scaling_factors",
     "set_centring",

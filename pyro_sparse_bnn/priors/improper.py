@@ -24,9 +24,9 @@ import pyro
 from torch import Tensor
 
 from .. import distributions
-from .base import WEIGHT_TAG, Groups, Prior, _check_shape
+from .base import WEIGHT_TAG, Groups, Prior, _check_shape, weight_deterministic
 
-__all__ = ["GroupLogUniform", "LogUniform", "ProfiledARD"]
+__all__ = ["GroupLogUniform", "LogUniform", "ProfiledARD", "StructuredLogUniform"]
 
 
 class LogUniform(Prior):
@@ -115,3 +115,58 @@ class GroupLogUniform(Prior):
 
     def extra_repr(self) -> str:
         return f"groups={self.groups!r}, centered=False"
+
+
+class StructuredLogUniform(Prior):
+    """Log-uniform factors per weight, per input and per output: ``w = theta * z_in * z_out``.
+
+    The structured SparseVD prior of Lobacheva, Chirkova & Vetrov (2018): ``theta`` (site
+    ``name_decentered``, one per weight), ``z_in`` (``name_in_scale``, one per input neuron or
+    channel) and ``z_out`` (``name_out_scale``, one per output neuron) are each log-uniform, and
+    with a Normal guide each KL is the SparseVD approximation. Weights go one by one, whole inputs
+    when ``z_in`` goes, whole outputs when ``z_out`` goes. On a fused recurrent layer's weight
+    (:mod:`pyro_sparse_bnn.recurrent`) the inputs are the input features and the hidden neurons,
+    the outputs the gate preactivations: a pruned ``z_out`` makes a gate constant, a pruned
+    hidden ``z_in`` removes the neuron from the recurrence. Fit with the ``"sparse_vd"`` guide.
+
+    >>> import torch
+    >>> start = StructuredLogUniform().init_values("w", torch.ones(3, 2))
+    >>> {site: tuple(value.shape) for site, value in start.items()}
+    {'w_decentered': (3, 2), 'w_in_scale': (1, 2), 'w_out_scale': (3, 1)}
+    """
+
+    learns_centring = False  # improper: its own sampler and starting values
+
+    def __init__(self) -> None:
+        super().__init__(centered=False)
+
+    def _factor(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        law = distributions.LogUniform(shape, device=self._zero.device, dtype=self._zero.dtype)
+        return pyro.sample(name, law.to_event(len(shape)))
+
+    def _group_shapes(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        if len(shape) < 2:
+            return {"out": shape}
+        return {g: tuple(n if i == d else 1 for i, n in enumerate(shape))
+                for g, d in (("in", 1), ("out", 0))}  # fmt: skip
+
+    def mixing_scale(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        scale = self._zero + 1
+        for group, group_shape in self._group_shapes(shape).items():
+            scale = scale * self._factor(f"{name}_{group}_scale", group_shape)
+        return scale
+
+    def sample(self, name: str, shape: Sequence[int]) -> Tensor:
+        shape = _check_shape(shape)
+        scale = self.mixing_scale(name, shape)
+        theta = self._factor(f"{name}_decentered", shape)
+        return weight_deterministic(name, theta * scale, len(shape))
+
+    def init_values(self, name: str, weight: Tensor) -> dict[str, Tensor]:
+        """Start at ``theta = weight`` and every group factor at 1."""
+        shapes = self._group_shapes(tuple(weight.shape))
+        ones = {f"{name}_{g}_scale": weight.new_ones(s) for g, s in shapes.items()}
+        return {f"{name}_decentered": weight, **ones}
+
+    def extra_repr(self) -> str:
+        return ""
