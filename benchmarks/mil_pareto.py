@@ -39,15 +39,8 @@ import multiprocessing
 import time
 
 import _pareto
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 import torch
-import torch.nn.functional as F
 from _common import RESULTS, print_table, write_results
 from torch import Tensor, nn
 
@@ -85,29 +78,14 @@ def effective(net: nn.Module, masks: dict[str, Tensor]) -> int:
 
 def _row(method: str, config: str, seed: int, net: nn.Module, masks: dict[str, Tensor],
          error: float, threshold: float) -> dict:  # fmt: skip
-    return {
-        "kind": "point",
-        "method": method,
-        "config": config,
-        "seed": seed,
-        "n_kept": int(sum(m.sum() for m in masks.values())),
-        "n_effective": effective(net, masks),
-        "test_error": error,
-        "threshold": threshold,
-    }
+    return _pareto.point(method, config, seed, masks, effective(net, masks), error, threshold)
 
 
 def run_l1(seed: int, steps: int, data: Data) -> list[dict]:
     x, y, x_test, y_test = data
     rows = []
     for lam in L1_LAMBDAS:
-        net = network(seed)
-        opt = torch.optim.Adam(net.parameters(), lr=0.01)
-        for _ in range(steps):
-            opt.zero_grad()
-            penalty = sum(p.abs().sum() for p in net.parameters())
-            (F.cross_entropy(net(x), y) + lam * penalty).backward()
-            opt.step()
+        net = _pareto.train_l1(network(seed), x, y, lam, steps)
         params = {k: p.detach() for k, p in net.named_parameters()}
         flat = torch.cat([p.abs().flatten() for p in params.values()])
         for cut in _pareto.thresholds(flat, COUNTS):
@@ -174,22 +152,12 @@ def run_task(task: tuple[str, int, int, int]) -> tuple[str, int, list[dict], flo
 
 
 def plot(mean: dict[str, dict[int, float]], per_seed: pd.DataFrame, name: str) -> None:
-    frame = pd.DataFrame(
-        [{"method": m, "n": n, "test_error": e} for m, f in mean.items() for n, e in f.items()]
-    ).dropna()
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    sns.lineplot(data=per_seed.dropna(), x="n", y="test_error", hue="method", units="seed",
-                 estimator=None, drawstyle="steps-post", alpha=0.2, linewidth=0.8, ax=ax,
-                 legend=False)  # fmt: skip
-    sns.lineplot(data=frame, x="n", y="test_error", hue="method", drawstyle="steps-post",
-                 linewidth=2.2, ax=ax)  # fmt: skip
-    ax.set(xscale="log", xlabel=f"kept parameters (of {N_PARAMS}, biases included)",
-           ylabel="test error (1000 bags)",
-           title="MNIST-bags MeanMax net: mean fronts over seeds (thin: each seed)")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=130)
-    plt.close(fig)
+    _pareto.plot_fronts(
+        mean, per_seed, RESULTS / f"{name}.png",
+        xlabel=f"kept parameters (of {N_PARAMS}, biases included)",
+        ylabel="test error (1000 bags)",
+        title="MNIST-bags MeanMax net: mean fronts over seeds (thin: each seed)",
+    )  # fmt: skip
 
 
 def compare(mean: dict[str, dict[int, float]], per_seed: pd.DataFrame, count: str) -> dict:

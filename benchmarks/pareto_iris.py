@@ -48,16 +48,9 @@ import multiprocessing
 import time
 from collections.abc import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import _pareto
-import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 import torch
-import torch.nn.functional as F
 from _common import RESULTS, print_table, write_results
 from torch import Tensor, nn
 
@@ -104,29 +97,14 @@ def effective(masks: dict[str, Tensor]) -> int:
 
 def _row(method: str, config: str, seed: int, masks: dict[str, Tensor], error: float,
          threshold: float) -> dict:  # fmt: skip
-    return {
-        "kind": "point",
-        "method": method,
-        "config": config,
-        "seed": seed,
-        "n_kept": int(sum(m.sum() for m in masks.values())),
-        "n_effective": effective(masks),
-        "test_error": error,
-        "threshold": threshold,
-    }
+    return _pareto.point(method, config, seed, masks, effective(masks), error, threshold)
 
 
 def run_l1(seed: int, steps: int, data: Data) -> list[dict]:
     x, y, x_test, y_test = data
     rows = []
     for lam in L1_LAMBDAS:
-        net = network(seed)
-        opt = torch.optim.Adam(net.parameters(), lr=0.01)
-        for _ in range(steps):
-            opt.zero_grad()
-            penalty = sum(p.abs().sum() for p in net.parameters())
-            (F.cross_entropy(net(x), y) + lam * penalty).backward()
-            opt.step()
+        net = _pareto.train_l1(network(seed), x, y, lam, steps)
         params = dict(net.named_parameters())
         flat = torch.cat([params[k].detach().abs().flatten() for k in NAMES])
         for cut in thresholds(flat):
@@ -204,23 +182,11 @@ def fronts(points: list[dict], count: str) -> tuple[dict[str, dict[int, float]],
 
 
 def plot(mean: dict[str, dict[int, float]], per_seed: pd.DataFrame) -> None:
-    frame = pd.DataFrame(
-        [{"method": m, "n": n, "test_error": e} for m, f in mean.items() for n, e in f.items()]
-    ).dropna()
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    sns.lineplot(data=per_seed.dropna(), x="n", y="test_error", hue="method", units="seed",
-                 estimator=None, drawstyle="steps-post", alpha=0.2, linewidth=0.8, ax=ax,
-                 legend=False)  # fmt: skip
-    sns.lineplot(data=frame, x="n", y="test_error", hue="method", drawstyle="steps-post",
-                 linewidth=2.2, ax=ax)  # fmt: skip
-    ax.axhline(0.05, color="grey", linestyle=":", linewidth=1)
-    ax.axvline(12, color="grey", linestyle=":", linewidth=1)
-    ax.set(xscale="log", xlabel="kept parameters (of 67, biases included)", ylabel="test error",
-           title="IRIS 4-8-3 Pareto fronts: mean over seeds (thin: each seed)")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(RESULTS / "pareto_iris.png", dpi=130)
-    plt.close(fig)
+    _pareto.plot_fronts(
+        mean, per_seed, RESULTS / "pareto_iris.png", hlines=[0.05], vlines=[12],
+        xlabel="kept parameters (of 67, biases included)", ylabel="test error",
+        title="IRIS 4-8-3 Pareto fronts: mean over seeds (thin: each seed)",
+    )  # fmt: skip
 
 
 def network_fronts(points: list[dict]) -> dict[str, dict[int, float]]:
