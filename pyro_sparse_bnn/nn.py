@@ -32,9 +32,11 @@ from .likelihoods import Likelihood
 from .priors import Prior
 from .recurrent import FusedGRU, FusedLSTM, fuse_recurrent
 
-__all__ = ["BAYESIAN_LAYERS", "RECURRENT_LAYERS", "SparseBNN", "mlp"]
+__all__ = ["BAYESIAN_LAYERS", "BIAS_PARAMS", "RECURRENT_LAYERS", "SparseBNN", "mlp"]
 
 RECURRENT_LAYERS = (FusedLSTM, FusedGRU)
+BIAS_PARAMS = ("bias", "bias_hn")
+"""Bias parameter names a ``bias_prior`` covers (``bias_hn``: a GRU's candidate bias)."""
 BAYESIAN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, *RECURRENT_LAYERS)
 
 
@@ -135,8 +137,7 @@ class SparseBNN(LocalParams, PyroModule):
         if self.bias_prior is None:
             return ["weight"]
         module = self.net.get_submodule(layer)
-        biases = ("bias", "bias_hn")  # bias_hn: a GRU's candidate bias (see recurrent.FusedGRU)
-        return ["weight", *(b for b in biases if getattr(module, b, None) is not None)]
+        return ["weight", *(b for b in BIAS_PARAMS if getattr(module, b, None) is not None)]
 
     def sample_params(self) -> dict[str, Tensor]:
         """Draw every Bayesian parameter from its prior (emitting the Pyro sites)."""

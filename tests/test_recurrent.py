@@ -190,4 +190,5 @@ def test_nuts_samples_a_tiny_horseshoe_gru(sequences):
     result = psb.fit(bnn, x[:60, :4], y[:60], method="nuts", num_samples=50, warmup=50,
                      max_tree_depth=5, seed=0, progress=False)  # fmt: skip
     assert result.samples["0.weight"].shape[-3:] == (50, 6, 6)
+    assert result.masks()["0.bias_hn"].all()  # biases are kept, not searched
     assert result.evaluate(x_test[:, :4], y_test)["accuracy"] >= 0.75  # measured 0.85

@@ -25,6 +25,7 @@ from .. import arviz as psb_arviz
 from .. import guides, metrics
 from ..dtypes import data_dtype, to_fit_dtype
 from ..isolation import check_seed, isolated
+from ..nn import BIAS_PARAMS
 from ..priors import WEIGHT_TAG
 from ..projection import linear_layer, project
 from ..prune import live_masks
@@ -238,7 +239,7 @@ class FitResult:
         biases = {  # one parameter per unit: kept, not searched
             k: torch.ones_like(v, dtype=torch.bool)
             for k, v in scores.items()
-            if k.rpartition(".")[2] == "bias"
+            if k.rpartition(".")[2] in BIAS_PARAMS
         }
         found = budget_masks(
             {k: v for k, v in scores.items() if k not in biases},
