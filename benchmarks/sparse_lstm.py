@@ -21,7 +21,7 @@ and are pruned to a plain ``nn.LSTM`` (``result.prune``); the error is the prune
 compression, hidden_kept (of 128), gates_kept (gate rows with a kept weight, of 512, per gate
 type too), inputs_read (of 28), seconds. Goal (per seed): compression >= 10, fewer than 64 hidden
 neurons, error within the dense twin's + 1 pp. Writes benchmarks/results/sparse_lstm.json
-(``--quick``: ``sparse_lstm_quick.json``).
+(``--quick``: ``sparse_lstm_quick.json``; other ``--epochs E``: ``sparse_lstm_eE.json``).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def main() -> None:
     print_table(rows, columns)
     print("context, not a target:", CONTEXT)
     path = write_results(
-        "sparse_lstm" + ("_quick" if args.quick else ""),
+        "sparse_lstm" + ("_quick" if args.quick else f"_e{epochs}" if epochs != 60 else ""),
         rows,
         seeds=list(seeds),
         epochs=epochs,
