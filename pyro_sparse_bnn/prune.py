@@ -424,26 +424,34 @@ def _posterior_network(result: Any) -> tuple[nn.Module, dict[str, Tensor], Tenso
     return net, params, result.x[:1]
 
 
+def masked_result_network(result: Any, masks: Mapping[str, Tensor]) -> nn.Module:
+    """The full-size network of a ``SparseBNN`` result with posterior-mean weights, zeroed outside
+    ``masks`` (``result.masks(...)``): what :func:`prune_result` makes smaller.
+
+    Weight means are ``result.weight_moments()``'s (exact under a SparseVD guide); for a network
+    of one ``nn.Linear`` layer, the means of the projected submodel
+    (``result.submodel_draws(masks)``). Non-Bayesian biases are the fitted ones, Bayesian biases
+    their posterior means.
+    """
+    net, params, _ = _posterior_network(result)
+    if linear_layer(result.model) is not None:
+        projected = result.submodel_draws(dict(masks))
+        params |= {k: v.mean(0) for k, v in projected.items() if k in params}
+    return masked_network(net, params, dict(masks))
+
+
 def prune_result(
     result: Any,
     masks: Mapping[str, Tensor],
     example_input: Tensor | None = None,
     inputs: str = "keep",
 ) -> nn.Module:
-    """:func:`prune` a :class:`~pyro_sparse_bnn.FitResult` of a ``SparseBNN``.
+    """:func:`prune` the :func:`masked_result_network` of a :class:`~pyro_sparse_bnn.FitResult`.
 
-    Weights are the posterior means of the weight sites (``result.weight_moments()``, exact under
-    a SparseVD guide), zeroed outside ``masks`` (``result.masks(...)``); for a network of one
-    ``nn.Linear`` layer, the means of the projected submodel (``result.submodel_draws(masks)``).
-    Non-Bayesian biases are the fitted ones, Bayesian biases their posterior means.
     ``example_input`` (validated) defaults to a training row; ``inputs`` is :func:`prune`'s.
     """
-    net, params, x = _posterior_network(result)
-    if linear_layer(result.model) is not None:
-        projected = result.submodel_draws(dict(masks))
-        params |= {k: v.mean(0) for k, v in projected.items() if k in params}
-    x = x if example_input is None else example_input
-    return prune(masked_network(net, params, dict(masks)), x, inputs=inputs)
+    x = result.x[:1] if example_input is None else example_input
+    return prune(masked_result_network(result, masks), x, inputs=inputs)
 
 
 def live_masks(result: Any, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

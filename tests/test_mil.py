@@ -233,16 +233,11 @@ def test_compression_methods_learn_mnist_bags_and_prune_to_smaller_bag_networks(
     result = _fit(bags, method, prior, **options)
     _, (X_test, y_test) = bags
     assert result.evaluate(X_test, y_test)["accuracy"] >= goal
-    masks = result.masks()
     stats = result.compression()
     assert stats["n_kept"] < stats["n_weights"]
     small = result.prune()
     assert isinstance(small, MILNet)
-    if name == "l0":  # the deterministic gated network is L0's test-time network
-        masked = result.info["network"].plain_network()
-    else:
-        means = psb.prune._posterior_network(result)[1]
-        masked = psb.prune.masked_network(result.model.net, means, masks)
+    masked = result.masked_network()  # for L0, the deterministic gated network
     with torch.no_grad():
         assert (small(X_test) - masked(X_test)).abs().max() < 1e-5
     if name != "l0":  # L0 prunes its gated network whatever the masks say

@@ -154,8 +154,7 @@ def test_structured_sparse_vd_learns_and_prunes_an_lstm(sequences, tmp_path):
     stats = result.compression()
     kept = sum(int((p != 0).sum()) for k, p in small.named_parameters() if "weight" in k)
     assert kept == stats["n_kept"] < stats["n_weights"] / 10
-    means = psb.prune._posterior_network(result)[1]
-    masked = psb.prune.masked_network(result.model.net, means, result.masks())
+    masked = result.masked_network()
     with torch.no_grad():
         assert (small(x_test) - masked(x_test)).abs().max() < 1e-5
     assert result.to_arviz().posterior["0.weight"].shape[-2:] == (32, 12)

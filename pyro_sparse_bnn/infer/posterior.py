@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from ..prune import prune, prune_result
+from ..prune import masked_result_network, prune
 from ..sparsity import moments, signal_to_noise
 
 if TYPE_CHECKING:
@@ -57,6 +57,10 @@ class Posterior:
             )
         return {k: signal_to_noise(*m) for k, m in result.weight_moments().items()}
 
+    def masked_network(self, result: FitResult, masks: Mapping[str, Tensor]) -> nn.Module:
+        """The full-size deterministic network of ``result`` under ``masks``."""
+        return masked_result_network(result, masks)
+
     def prune(
         self,
         result: FitResult,
@@ -65,7 +69,8 @@ class Posterior:
         inputs: str,
     ) -> nn.Module:
         """The smaller plain network of ``result`` under ``masks`` (``inputs``: see ``prune``)."""
-        return prune_result(result, masks, example_input, inputs)
+        x = result.x[:1] if example_input is None else example_input
+        return prune(self.masked_network(result, masks), x, inputs=inputs)
 
 
 class GuidePosterior(Posterior):
@@ -113,15 +118,8 @@ class GatedPosterior(Posterior):
     def __init__(self, network: Any) -> None:
         self.network = network
 
-    def prune(
-        self,
-        result: FitResult,
-        masks: Mapping[str, Tensor],
-        example_input: Tensor | None,
-        inputs: str,
-    ) -> nn.Module:
-        x = result.x[:1] if example_input is None else example_input
-        return prune(self.network.plain_network(), x, inputs=inputs)
+    def masked_network(self, result: FitResult, masks: Mapping[str, Tensor]) -> nn.Module:
+        return self.network.plain_network()
 
 
 def guide_posterior(guide: Any) -> Posterior:

@@ -270,7 +270,8 @@ class FitResult:
         :meth:`masks` ``(threshold, by)`` zeroed and dead neurons/channels removed
         (``exp(-1.5)`` is SparseVD's ``log_alpha > 3``). Its outputs equal the masked network's.
         It is made of torch modules only (``torch.save(small)`` loads without this package),
-        except a bag network's, a smaller :class:`~pyro_sparse_bnn.mil.MILNet`;
+        but for a recurrent net's :class:`~pyro_sparse_bnn.recurrent.RecurrentOutput` modules
+        and a bag network, which stays a smaller :class:`~pyro_sparse_bnn.mil.MILNet`;
         ``inputs="select"`` drops unread input features (see :func:`~pyro_sparse_bnn.prune.prune`).
         """
         if inputs not in ("keep", "select"):
@@ -278,6 +279,22 @@ class FitResult:
         if example_input is not None:
             example_input = self._check_data(example_input)[0]
         return self.posterior.prune(self, self.masks(threshold, by), example_input, inputs)
+
+    @isolated
+    def masked_network(self, threshold: float | None = None, by: str = "snr") -> Any:
+        """The full-size deterministic network that :meth:`prune` makes smaller (same outputs):
+        posterior-mean weights, those outside :meth:`masks` ``(threshold, by)`` zeroed (for L0
+        gates, the gated test-time network).
+
+        >>> import pyro_sparse_bnn as psb
+        >>> X, y = psb.datasets.load("iris")
+        >>> bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
+        >>> result = psb.fit(bnn, X, y, epochs=20, progress=False)
+        >>> full, small = result.masked_network(1.0), result.prune(1.0)
+        >>> bool((full(X) - small(X)).abs().max() < 1e-5)
+        True
+        """
+        return self.posterior.masked_network(self, self.masks(threshold, by))
 
     @isolated
     def compression(self, threshold: float | None = None, by: str = "snr") -> dict:
