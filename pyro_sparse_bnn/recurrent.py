@@ -198,6 +198,9 @@ class RecurrentOutput(nn.Module):
 
     def __init__(self, last_step: bool = False, *, batch_first: bool = True) -> None:
         super().__init__()
+        for value, name in ((last_step, "last_step"), (batch_first, "batch_first")):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {value!r}")
         self.last_step = last_step
         self.batch_first = batch_first
 

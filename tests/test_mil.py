@@ -160,6 +160,11 @@ def test_load_musk_reports_bad_files(tmp_path):
         load_musk(path)
     with pytest.raises(FileNotFoundError, match="Musk file not found"):
         load_musk(tmp_path / "missing.data")
+    path.write_text(mixed[0])
+    with pytest.raises(TypeError, match="seed must be an int"):
+        load_musk(path, seed="a")
+    with pytest.raises(TypeError, match=r"dtype must be a floating-point torch\.dtype"):
+        load_musk(path, dtype=torch.int64)
 
 
 @pytest.mark.parametrize("mode", ["mean", "max", "meanmax"])

@@ -129,6 +129,8 @@ def test_prune_removes_unread_units_and_keeps_the_outputs(rnn):
     assert (small(x) - net(x)).abs().max() < 1e-5
     with pytest.raises(ValueError, match="inputs='select' is not supported"):
         prune(net, x, inputs="select")
+    with pytest.raises(TypeError, match="last_step must be a bool"):
+        RecurrentOutput(last_step="yes")
     with pytest.raises(ValueError, match="RecurrentOutput after each recurrent layer"):
         prune(nn.Sequential(FusedGRU(2, 3)))
 

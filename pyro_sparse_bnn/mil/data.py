@@ -132,6 +132,9 @@ def load_musk(
         raise ValueError(f"split must be one of {datasets.SPLITS}, got {split!r}")
     test_size = check_number(test_size, "test_size", low=0.0, high=1.0, low_open=True,
                              high_open=True)  # fmt: skip
+    seed = check_number(seed, "seed", integer=True, low=0)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     names, features, labels = _musk_rows(file)
     molecules = list(dict.fromkeys(names))
     index = np.array([molecules.index(n) for n in names])
