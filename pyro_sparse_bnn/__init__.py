@@ -35,6 +35,7 @@ from ._version import __version__
 from .infer.fit import METHODS, fit
 from .infer.result import FitResult
 from .nn import SparseBNN, mlp
+from .report import CompressionReport, compression_report
 
 load = FitResult.load
 
@@ -51,12 +52,14 @@ def __getattr__(name: str) -> ModuleType:
 
 __all__ = [
     "METHODS",
+    "CompressionReport",
     "FitResult",
     "SparseBNN",
     "__version__",
     "alrao",
     "arviz",
     "baselines",
+    "compression_report",
     "datasets",
     "distributions",
     "elbo",

@@ -42,6 +42,16 @@ def data_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(before)
 
 
+def float_dtype(x: Tensor) -> torch.dtype:
+    """The floating dtype a model fitted to data ``x`` computes in: ``x``'s own, or torch's
+    default for integer inputs (token ids).
+
+    >>> float_dtype(torch.zeros(1, dtype=torch.float64)), float_dtype(torch.tensor([3]))
+    (torch.float64, torch.float32)
+    """
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
 def to_fit_dtype(value: Tensor | None, fit_dtype: torch.dtype) -> Tensor | None:
     """A floating tensor converted to ``fit_dtype``; integer targets (class labels) unchanged.
 

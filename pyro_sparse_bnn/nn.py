@@ -3,10 +3,13 @@
 :class:`SparseBNN` keeps a copy of the user's network and, on every call, draws each layer's weight
 from its shrinkage prior (one ``pyro.sample`` hierarchy per layer, named after the module path, e.g.
 ``"0.weight"``) and runs the network with those weights through :func:`torch.func.functional_call`.
-Any architecture built of ``Linear``/``Conv1d``/``Conv2d`` layers works unchanged; ``nn.LSTM`` and
-``nn.GRU`` layers become their fused one-matrix form (:mod:`pyro_sparse_bnn.recurrent`), whose
-weight site (e.g. ``"1.weight"``) has one row per gate of each neuron and one column per input and
-per hidden neuron.
+Any architecture built of ``Linear``, ``Conv1d/2d/3d`` (grouped and depthwise too),
+``ConvTranspose1d/2d/3d``, ``Embedding`` and ``MultiheadAttention`` layers works unchanged
+(``nn.TransformerEncoderLayer`` is built of them); normalisation layers keep point-estimate
+affine parameters (:mod:`pyro_sparse_bnn.norms`). ``nn.LSTM`` and ``nn.GRU`` layers become
+their fused one-matrix form (:mod:`pyro_sparse_bnn.recurrent`), whose weight site (e.g.
+``"1.weight"``) has one row per gate of each neuron and one column per input and per hidden
+neuron.
 
 >>> import torch, pyro
 >>> from pyro_sparse_bnn import SparseBNN, mlp, priors, likelihoods
@@ -29,15 +32,37 @@ from torch import Tensor, nn
 
 from .isolation import LocalParams
 from .likelihoods import Likelihood
+from .norms import NORM_LAYERS, batch_statistics
 from .priors import Prior
 from .recurrent import FusedGRU, FusedLSTM, fuse_recurrent
 
-__all__ = ["BAYESIAN_LAYERS", "BIAS_PARAMS", "RECURRENT_LAYERS", "SparseBNN", "mlp"]
+__all__ = [
+    "BAYESIAN_LAYERS", "BIAS_PARAMS", "CONV_LAYERS", "RECURRENT_LAYERS", "SparseBNN", "mlp",
+    "weight_name",
+]  # fmt: skip
 
 RECURRENT_LAYERS = (FusedLSTM, FusedGRU)
-BIAS_PARAMS = ("bias", "bias_hn")
-"""Bias parameter names a ``bias_prior`` covers (``bias_hn``: a GRU's candidate bias)."""
-BAYESIAN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, *RECURRENT_LAYERS)
+BIAS_PARAMS = ("bias", "bias_hn", "in_proj_bias")
+"""Bias parameter names a ``bias_prior`` covers (``bias_hn``: a GRU's candidate bias,
+``in_proj_bias``: an attention layer's query, key and value biases)."""
+CONV_LAYERS = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+)  # fmt: skip
+BAYESIAN_LAYERS = (nn.Linear, *CONV_LAYERS, nn.Embedding, nn.MultiheadAttention,
+                   *RECURRENT_LAYERS)  # fmt: skip
+"""Layers whose weight gets the layer's prior (an attention layer: its query, key and value
+projection ``in_proj_weight``; its output projection is a ``Linear`` layer of its own)."""
+POINT_LAYERS = (*NORM_LAYERS, nn.PReLU)
+"""Layers whose weights are point estimates (normalisation scales, activation slopes)."""
+
+
+def weight_name(layer: nn.Module) -> str:
+    """The name of the parameter of a Bayesian ``layer`` that carries its prior.
+
+    >>> weight_name(nn.Linear(2, 3)), weight_name(nn.MultiheadAttention(4, 2))
+    ('weight', 'in_proj_weight')
+    """
+    return "in_proj_weight" if isinstance(layer, nn.MultiheadAttention) else "weight"
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -88,9 +113,13 @@ class SparseBNN(LocalParams, PyroModule):
         if bias_prior is not None and not isinstance(bias_prior, Prior):
             raise TypeError(f"bias_prior must be a Prior or None, got {type(bias_prior).__name__}")
         fused = fuse_recurrent(net)
+        _check_modules(fused)
         layers = [(n, m) for n, m in fused.named_modules() if isinstance(m, BAYESIAN_LAYERS)]
         if not layers:
-            raise ValueError("net must contain at least one Linear, Conv, LSTM or GRU layer")
+            raise ValueError(
+                "net must contain at least one Linear, Conv, ConvTranspose, Embedding, "
+                "MultiheadAttention, LSTM or GRU layer"
+            )
         names = [n for n, _ in layers]
         priors = _priors_per_layer(prior, names)
         self.net = fused
@@ -105,39 +134,41 @@ class SparseBNN(LocalParams, PyroModule):
     @property
     def weight_sites(self) -> list[str]:
         """Names of the weight sample sites, one per Bayesian layer."""
-        return [_site(n, "weight") for n in self.layer_names]
+        return [_site(n, weight_name(self.net.get_submodule(n))) for n in self.layer_names]
 
     @property
     def in_features(self) -> int:
-        """Feature (channel, or per-step input) count the first Bayesian layer expects."""
-        first = self.net.get_submodule(self.layer_names[0])
-        if isinstance(first, RECURRENT_LAYERS):
-            return first.input_size
-        return first.in_features if isinstance(first, nn.Linear) else first.in_channels
+        """Feature (channel, per-step input, or vocabulary) count the first Bayesian layer
+        expects."""
+        return _widths(self.net.get_submodule(self.layer_names[0]))[0]
+
+    @property
+    def token_inputs(self) -> bool:
+        """Whether the network reads integer token ids (its first Bayesian layer is an
+        ``nn.Embedding``)."""
+        return isinstance(self.net.get_submodule(self.layer_names[0]), nn.Embedding)
 
     @property
     def out_features(self) -> int:
         """Output width of the last Bayesian layer."""
-        last = self.net.get_submodule(self.layer_names[-1])
-        if isinstance(last, RECURRENT_LAYERS):
-            return last.hidden_size
-        return last.out_features if isinstance(last, nn.Linear) else last.out_channels
+        return _widths(self.net.get_submodule(self.layer_names[-1]))[1]
 
     def initial_weights(self) -> dict[str, Tensor]:
         """Site values that reproduce the copied network's initial weights (a guide's start)."""
         values = {}
         for layer in self.layer_names:
             for p in self._sampled_params(layer):
-                prior = self.priors[_key(layer)] if p == "weight" else self.bias_prior
+                prior = self.priors[_key(layer)] if p not in BIAS_PARAMS else self.bias_prior
                 weight = getattr(self.net.get_submodule(layer), p)
                 values |= prior.init_values(_site(layer, p), weight)
         return values
 
     def _sampled_params(self, layer: str) -> list[str]:
-        if self.bias_prior is None:
-            return ["weight"]
         module = self.net.get_submodule(layer)
-        return ["weight", *(b for b in BIAS_PARAMS if getattr(module, b, None) is not None)]
+        if self.bias_prior is None:
+            return [weight_name(module)]
+        biases = (b for b in BIAS_PARAMS if getattr(module, b, None) is not None)
+        return [weight_name(module), *biases]
 
     def sample_params(self) -> dict[str, Tensor]:
         """Draw every Bayesian parameter from its prior (emitting the Pyro sites)."""
@@ -145,7 +176,7 @@ class SparseBNN(LocalParams, PyroModule):
         for layer in self.layer_names:
             module = self.net.get_submodule(layer)
             for p in self._sampled_params(layer):
-                prior = self.priors[_key(layer)] if p == "weight" else self.bias_prior
+                prior = self.priors[_key(layer)] if p not in BIAS_PARAMS else self.bias_prior
                 params[_site(layer, p)] = prior.sample(_site(layer, p), getattr(module, p).shape)
         return params
 
@@ -158,7 +189,12 @@ class SparseBNN(LocalParams, PyroModule):
         Parameters may carry leading batch dims from enclosing plates (as under a vectorised
         ``pyro.plate`` over posterior draws); their last batch dim is the data plate's slot and
         must be 1. The network is then vmapped over the draws and the output gets the batch dims.
+        BatchNorm layers follow :func:`~pyro_sparse_bnn.norms.batch_statistics`.
         """
+        with batch_statistics(self.net, rows=x.shape[0]):
+            return self._run(params, x)
+
+    def _run(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         name, value = next(iter(params.items()))
         batch = value.shape[: value.dim() - self._buffer(name).dim()]
         if not batch:
@@ -184,17 +220,60 @@ class SparseBNN(LocalParams, PyroModule):
         check_input = getattr(self.net, "check_input", None)
         if callable(check_input):
             check_input(x, self.in_features)
+        elif isinstance(first, nn.Embedding):
+            if x.numel() and (x.min() < 0 or x.max() >= first.num_embeddings):
+                raise ValueError(f"X must hold token ids in [0, {first.num_embeddings}), got "
+                                 f"values in [{int(x.min())}, {int(x.max())}]")  # fmt: skip
+        elif isinstance(first, nn.MultiheadAttention):
+            raise ValueError(
+                "the first Bayesian layer must not be a bare MultiheadAttention (it takes "
+                "query, key and value): put a projection before it"
+            )
         elif isinstance(first, RECURRENT_LAYERS):
             if x.dim() != 3 or x.shape[2] != self.in_features:
                 raise ValueError(
                     f"X must have shape (n, steps, {self.in_features}) for this recurrent network "
                     f"(one sequence per row), got {tuple(x.shape)}"
                 )
-        elif x.dim() < 2 or x.shape[1] != self.in_features or (linear and x.dim() != 2):
-            expected = f"(n, {self.in_features})" if linear else f"(n, {self.in_features}, ...)"
+        elif x.dim() < 2 or x.shape[-1 if linear else 1] != self.in_features:
+            n = self.in_features
+            expected = f"(n, {n}) or (n, ..., {n})" if linear else f"(n, {n}, ...)"
             raise ValueError(f"X must have shape {expected} for this network, got {tuple(x.shape)}")
         if y is not None:
             self.likelihood.check_targets(y, self.out_features)
+
+
+def _widths(layer: nn.Module) -> tuple[int, int]:
+    """A Bayesian layer's (input, output) width: features, channels, vocabulary or hidden size."""
+    if isinstance(layer, RECURRENT_LAYERS):
+        return layer.input_size, layer.hidden_size
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    if isinstance(layer, nn.Embedding):
+        return layer.num_embeddings, layer.embedding_dim
+    if isinstance(layer, nn.MultiheadAttention):
+        return layer.embed_dim, layer.embed_dim
+    return layer.in_channels, layer.out_channels
+
+
+def _check_modules(net: nn.Module) -> None:
+    """Refuse what would silently go wrong: weights no prior covers, unsupported attention."""
+    for name, m in net.named_modules():
+        where = f"module {name!r} ({type(m).__name__})" if name else f"{type(m).__name__}"
+        if isinstance(m, nn.MultiheadAttention) and not m._qkv_same_embed_dim:
+            raise ValueError(
+                f"{where}: attention with kdim/vdim other than embed_dim is not supported "
+                "(its query, key and value weights are separate)"
+            )
+        if isinstance(m, BAYESIAN_LAYERS + POINT_LAYERS):
+            continue
+        weights = [p for p, _ in m.named_parameters(recurse=False) if "weight" in p]
+        if weights:
+            raise ValueError(
+                f"{where} has weights {weights} that SparseBNN puts no prior on: it samples "
+                "Linear, Conv, ConvTranspose, Embedding, MultiheadAttention, one-layer LSTM "
+                "and GRU weights and learns normalisation and PReLU weights as point estimates"
+            )
 
 
 def _key(layer: str) -> str:

@@ -3,8 +3,10 @@
 Masks (``True`` = keep, keyed like a ``state_dict``) come from :mod:`pyro_sparse_bnn.sparsity`.
 :func:`masked_network` sets a network's weights and zeroes the pruned entries (SparseVD's
 test-time network); :func:`apply_masks` does the same through ``torch.nn.utils.prune``;
-:func:`prune` returns a plain ``nn.Sequential`` with the dead neurons and channels removed,
-computing the same function: made of torch modules only, so it loads without this package.
+:func:`prune` returns the network with the dead neurons and channels removed, computing the same
+function: a plain ``nn.Sequential`` (made of torch modules only, so it loads without this
+package) for sequential, bag and recurrent nets, and the same architecture narrower for any other
+(through :func:`~pyro_sparse_bnn.prune_graph.prune_graph`).
 
 >>> import torch
 >>> from torch import nn
@@ -37,7 +39,9 @@ from torch.nn.utils import prune as torch_prune
 
 from .mil.bags import BagPooling, MILNet
 from .nn import BAYESIAN_LAYERS, RECURRENT_LAYERS
+from .norms import has_running_statistics
 from .projection import linear_layer
+from .prune_graph import prune_graph, silence_dead_norms
 from .recurrent import FusedGRU, RecurrentOutput, fuse_recurrent
 from .sparsity import scalp_masks
 from .validation import check_nonnegative
@@ -67,6 +71,7 @@ _ELEMENTWISE = (
     nn.Dropout,
 )
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
+_SEQUENTIAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def _check_masks(net: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -152,8 +157,19 @@ def _assemble(modules: list[nn.Module]) -> nn.Module:
     return MILNet(instance, bag, pooling=modules[i].mode)
 
 
+def _sequential(modules: list[nn.Module]) -> bool:
+    """Whether the Sequential pruner below (which also folds constant units) handles these."""
+    try:
+        _check_supported(modules)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_supported(modules: list[nn.Module]) -> None:
     for m in modules:
+        if isinstance(m, BAYESIAN_LAYERS) and not isinstance(m, _SEQUENTIAL_LAYERS):
+            raise ValueError(f"the Sequential pruner takes Linear/Conv1d/Conv2d layers, got {m}")
         if isinstance(m, BAYESIAN_LAYERS):
             if isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups != 1:
                 raise ValueError(f"grouped convolutions are not supported, got {m}")
@@ -316,8 +332,7 @@ def _rebuild(layer: _Layer) -> nn.Module:
 def prune(
     net: nn.Module, example_input: Tensor | None = None, *, inputs: str = "keep"
 ) -> nn.Module:
-    """A smaller ``nn.Sequential`` (or bag network) computing the same function as ``net``
-    (weights as they are).
+    """A smaller network computing the same function as ``net`` (weights as they are).
 
     Zero weights mark what was pruned (see :func:`masked_network`). A hidden unit (neuron or
     channel) with no non-zero outgoing weights is removed; one with no non-zero incoming weights
@@ -333,9 +348,12 @@ def prune(
             a Sequential of ``nn.LSTM``/``nn.GRU`` layers (or their fused forms), each followed
             by a :class:`~pyro_sparse_bnn.recurrent.RecurrentOutput`, then a feed-forward tail
             whose first layer is ``Linear``: hidden units that nothing downstream reads are
-            removed, the rest returned as smaller plain ``nn.LSTM``/``nn.GRU`` layers.
-        example_input: one input batch; needed only when the net has convolutions (for the
-            spatial sizes).
+            removed, the rest returned as smaller plain ``nn.LSTM``/``nn.GRU`` layers; or any
+            other feed-forward network (residual additions, concatenations, BatchNorm,
+            depthwise convolutions, transformer encoder layers), pruned by
+            :func:`~pyro_sparse_bnn.prune_graph.prune_graph` into a narrower copy.
+        example_input: one input batch; needed when the net has convolutions (for the spatial
+            sizes) or is not a sequential, bag or recurrent net (to trace it).
         inputs: ``"keep"``: the small net reads the same input as ``net`` (input features no
             weight reads keep their zero columns); ``"select"``: the first layer reads only the
             used features (channels), listed in the buffer ``small.kept_inputs``, so call
@@ -361,6 +379,16 @@ def prune(
         raise ValueError("inputs='select' is not supported for bag or recurrent networks")
     if recurrent:
         return _prune_recurrent(modules, example_input)
+    if not isinstance(net, MILNet) and not _sequential(modules):
+        if inputs == "select":
+            raise ValueError(
+                "inputs='select' is supported for Sequential nets of Linear/Conv layers, "
+                "elementwise activations, pooling and Flatten only"
+            )
+        if example_input is None:
+            raise ValueError("example_input is required to prune a network that is not a "
+                             "Sequential of Linear layers")  # fmt: skip
+        return prune_graph(net, example_input)
     _check_supported(modules)
     has_conv = any(isinstance(m, nn.Conv1d | nn.Conv2d) for m in modules)
     if has_conv and example_input is None:
@@ -413,7 +441,7 @@ def _output_shapes(
     return shapes
 
 
-def _posterior_network(result: Any) -> tuple[nn.Module, dict[str, Tensor], Tensor]:
+def posterior_network(result: Any) -> tuple[nn.Module, dict[str, Tensor], Tensor]:
     """A ``SparseBNN`` result's network, its posterior-mean parameters and one training row."""
     net = getattr(result.model, "net", None)
     if not isinstance(net, nn.Module):
@@ -431,13 +459,18 @@ def masked_result_network(result: Any, masks: Mapping[str, Tensor]) -> nn.Module
     Weight means are ``result.weight_moments()``'s (exact under a SparseVD guide); for a network
     of one ``nn.Linear`` layer, the means of the projected submodel
     (``result.submodel_draws(masks)``). Non-Bayesian biases are the fitted ones, Bayesian biases
-    their posterior means.
+    their posterior means. A BatchNorm channel whose input layer keeps no weight there gets a
+    zero scale and shift (:func:`~pyro_sparse_bnn.prune_graph.silence_dead_norms`): the channel
+    is then zero, not a constant, and :func:`prune` removes it.
     """
-    net, params, _ = _posterior_network(result)
+    net, params, x = posterior_network(result)
     if linear_layer(result.model) is not None:
         projected = result.submodel_draws(dict(masks))
         params |= {k: v.mean(0) for k, v in projected.items() if k in params}
-    return masked_network(net, params, dict(masks))
+    masked = masked_network(net, params, dict(masks)).eval()
+    if has_running_statistics(masked):
+        silence_dead_norms(masked, x)
+    return masked
 
 
 def prune_result(
@@ -462,7 +495,7 @@ def live_masks(result: Any, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     Each kept weight is numbered in a float64 copy of the network, the copy is pruned, and the
     numbers that survive name the live weights.
     """
-    net, params, x = _posterior_network(result)
+    net, params, x = posterior_network(result)
     numbers, start = {}, 1
     for name, mask in masks.items():
         if name.endswith("weight"):

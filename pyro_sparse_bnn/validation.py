@@ -44,7 +44,10 @@ def check_xy(x: Any, y: Any = None, *, model: Any = None) -> tuple[Tensor, Tenso
     ValueError: X and y must have the same number of rows, got 2 and 3
     """
     x = as_tensor(x, "X")
-    if not x.dtype.is_floating_point:
+    if getattr(model, "token_inputs", False):  # an Embedding first: integer token ids
+        if x.dtype.is_floating_point or x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"X must hold integer token ids for this model, got dtype {x.dtype}")
+    elif not x.dtype.is_floating_point:
         raise TypeError(f"X must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() < 2:
         raise ValueError(f"X must have shape (n, features, ...), got {tuple(x.shape)}")

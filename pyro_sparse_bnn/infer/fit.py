@@ -6,10 +6,14 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor
 
 from ..dtypes import data_dtype
 from ..isolation import isolated
+from ..nn import SparseBNN
+from ..norms import has_running_statistics, recompute_statistics
+from ..prune import posterior_network
 from ..validation import as_tensor, check_keywords
 from .ivon import fit_ivon
 from .mcmc import KERNELS, fit_mcmc
@@ -109,4 +113,10 @@ def fit(model: Callable, X: Tensor, y: Tensor, *, method: str = "svi", **options
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     with data_dtype(as_tensor(X, "X").dtype):
-        return METHODS[method](model, X, y, **options)
+        result = METHODS[method](model, X, y, **options)
+    if isinstance(result.model, SparseBNN) and has_running_statistics(result.model.net):
+        net, params, _ = posterior_network(result)
+        run = lambda batch: torch.func.functional_call(net, params, (batch,))  # noqa: E731
+        recompute_statistics(net, run, result.x)  # see pyro_sparse_bnn.norms
+        result.model.eval()
+    return result

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..baselines import magnitude_prune
+from ..dtypes import float_dtype
 from ..gates import L0Network
 from ..isolation import check_seed, isolated
 from ..likelihoods import Categorical, Gaussian
@@ -215,7 +216,7 @@ def fit_l1(
     x, y, size = _check_common(model, X, y, batch_size, lr, lr_schedule, seed)
     loop = LoopOptions(epochs, progress, callback, checkpoint, checkpoint_every, resume, desc="l1")
     threshold = check_nonnegative(threshold, "threshold")
-    net = _trainable_net(model).to(device=x.device, dtype=x.dtype)
+    net = _trainable_net(model).to(device=x.device, dtype=float_dtype(x))
     factors = _l1_factors(l1, net, x.shape[0])
     pyro.set_rng_seed(seed)
     penalties = {k: Penalty("l1", v) for k, v in factors.items() if v > 0}
@@ -280,7 +281,7 @@ def fit_l0(
         droprate_init=droprate_init,
         input_droprate_init=input_droprate_init,
         seed=seed,
-    ).to(device=x.device, dtype=x.dtype)
+    ).to(device=x.device, dtype=float_dtype(x))
     gated.penalty(lambdas, weight_decay)  # validates lambdas and weight_decay before training
     gates = [gated.gated(k).log_alpha for k in gated.layer_names]
     gate_ids = {id(p) for p in gates}

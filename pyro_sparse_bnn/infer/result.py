@@ -266,13 +266,15 @@ class FitResult:
         *,
         inputs: str = "keep",
     ) -> Any:
-        """A plain, smaller ``nn.Sequential``: posterior-mean weights outside
+        """A smaller network of the same architecture: posterior-mean weights outside
         :meth:`masks` ``(threshold, by)`` zeroed and dead neurons/channels removed
-        (``exp(-1.5)`` is SparseVD's ``log_alpha > 3``). Its outputs equal the masked network's.
-        It is made of torch modules only (``torch.save(small)`` loads without this package),
-        but for a recurrent net's :class:`~pyro_sparse_bnn.recurrent.RecurrentOutput` modules
-        and a bag network, which stays a smaller :class:`~pyro_sparse_bnn.mil.MILNet`;
-        ``inputs="select"`` drops unread input features (see :func:`~pyro_sparse_bnn.prune.prune`).
+        (``exp(-1.5)`` is SparseVD's ``log_alpha > 3``; any network through torch-pruning's
+        dependency graph, :mod:`~pyro_sparse_bnn.prune_graph`). Its outputs equal the masked
+        network's. A pruned ``nn.Sequential`` is made of torch modules only
+        (``torch.save(small)`` loads without this package), but for a recurrent net's
+        :class:`~pyro_sparse_bnn.recurrent.RecurrentOutput` modules and a bag network, which
+        stays a smaller :class:`~pyro_sparse_bnn.mil.MILNet`; ``inputs="select"`` drops unread
+        input features (see :func:`~pyro_sparse_bnn.prune.prune`).
         """
         if inputs not in ("keep", "select"):
             raise ValueError(f"inputs must be 'keep' or 'select', got {inputs!r}")

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..dtypes import float_dtype
 from ..guides import draw, make_guide
 from ..handlers import ScaleSites
 from ..isolation import check_seed, isolated
@@ -129,7 +130,7 @@ def prepare_svi(
     device = x.device if device is None else torch.device(device)
     x, y = x.to(device), y.to(device)
     if isinstance(model, nn.Module):
-        model = copy.deepcopy(model).to(device=device, dtype=x.dtype)
+        model = copy.deepcopy(model).to(device=device, dtype=float_dtype(x))
     if centered is not None:
         set_centring(model, centered)
     guide = make_guide(guide, model, **(guide_options or {}))

@@ -15,6 +15,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta
 from torch import Tensor, nn
 
+from ..dtypes import float_dtype
 from ..elbo import MeanFieldELBO
 from ..guides import draw, make_guide
 from ..isolation import check_seed, isolated
@@ -174,7 +175,7 @@ def fit_svi(
         loss_name="ELBO",
     )
     if isinstance(model, nn.Module):
-        model = copy.deepcopy(model).to(device=x.device, dtype=x.dtype)
+        model = copy.deepcopy(model).to(device=x.device, dtype=float_dtype(x))
     if centered is not None:
         set_centring(model, centered)
     pyro.set_rng_seed(seed)

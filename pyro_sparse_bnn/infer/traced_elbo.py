@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ..dtypes import float_dtype
 from ..handlers import ScaleSites
 from ..validation import check_graph
 from .graph_simplify import simplify_graph
@@ -88,7 +89,8 @@ class TracedELBO:
         self._unchecked: dict[tuple, tuple[Tensor, Tensor]] = {}  # the data each was traced on
 
     def __call__(self, x: Tensor, y: Tensor, *, observed: float, latent: float) -> Tensor:
-        scales = [torch.tensor(s, dtype=x.dtype, device=x.device) for s in (observed, latent)]
+        dtype = float_dtype(x)
+        scales = [torch.tensor(s, dtype=dtype, device=x.device) for s in (observed, latent)]
         graph = self._graph(x, y, scales) if self.traced else None
         if graph is None:
             loss, *grads = self._eager(x, y, *scales)

@@ -49,6 +49,7 @@ from pyro.infer.autoguide.initialization import (
 )
 from torch import Tensor, nn
 
+from ...dtypes import float_dtype
 from ...io import check_writable
 from ...isolation import check_seed, isolated
 from ...validation import check_choice, check_graph, check_positive, check_positive_int, check_xy
@@ -372,7 +373,7 @@ def fit_mcmc(
     saved = None if resume is None else load_run(resume, "mcmc")
 
     if isinstance(model, nn.Module):
-        model = copy.deepcopy(model).to(device=x.device, dtype=x.dtype)
+        model = copy.deepcopy(model).to(device=x.device, dtype=float_dtype(x))
     cuda = [x.device] if x.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=cuda):  # checks leave the caller's random state alone

@@ -37,6 +37,7 @@ from typing import Any
 import pyro
 from torch import Tensor, nn
 
+from ...dtypes import float_dtype
 from ...io import check_writable
 from ...isolation import check_seed, isolated, loop_threads
 from ...validation import (
@@ -214,10 +215,11 @@ def fit_sgmcmc(
     if checkpoint is not None:
         check_writable(checkpoint, "checkpoint")
     saved = None if resume is None else load_run(resume, "sgmcmc")
-    init = {k: as_tensor(v, f"init[{k!r}]").to(x.device, x.dtype) for k, v in (init or {}).items()}
+    dtype = float_dtype(x)
+    init = {k: as_tensor(v, f"init[{k!r}]").to(x.device, dtype) for k, v in (init or {}).items()}
 
     if isinstance(model, nn.Module):
-        model = copy.deepcopy(model).to(device=x.device, dtype=x.dtype)
+        model = copy.deepcopy(model).to(device=x.device, dtype=float_dtype(x))
     pyro.set_rng_seed(seed)
     start = time.perf_counter()
     layout = _layout(model, x, y, ssgl, init)

@@ -48,9 +48,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...isolation import isolated
+from ...norms import has_running_statistics
 from ...validation import (
     check_bool,
     check_choice,
@@ -143,7 +144,8 @@ def fit_vadam(
             precision, so the first draws come from the prior); at least ``prior_precision``.
         per_example_grads: build ``s`` from per-example squared gradients (VOGN; correct at any
             batch size) instead of squared minibatch means (Vadam; correct at batch size 1, too
-            wide posteriors for larger batches). ``None``: VOGN unless ``batch_size == 1``.
+            wide posteriors for larger batches). ``None``: VOGN unless ``batch_size == 1`` or
+            the model has BatchNorm layers (whose rows interact: VOGN is refused there).
         kl_weight: ``beta`` of the tempered objective ``E_q[NLL] + beta KL(q || prior)``: the
             optimiser runs with ``N / beta`` examples, so the posterior precision is
             ``N s / beta + lambda``. Above 1 the prior weighs more (sparser networks: the role
@@ -192,9 +194,15 @@ def fit_vadam(
             raise ValueError(
                 f"prec_init must be at least prior_precision ({prior_precision}), got {prec_init!r}"
             )
+    batch_norm = isinstance(model, nn.Module) and has_running_statistics(model)
     if per_example_grads is None:
-        per_example_grads = batch_size > 1
+        per_example_grads = batch_size > 1 and not batch_norm
     check_bool(per_example_grads, "per_example_grads")
+    if per_example_grads and batch_norm:
+        raise ValueError(
+            "per_example_grads=True (VOGN) needs rows that do not interact, but the model's "
+            "BatchNorm layers normalise each row by its batch: pass per_example_grads=False"
+        )
     loop = LoopOptions(
         epochs,
         progress,
