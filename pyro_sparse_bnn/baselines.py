@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .nn import BAYESIAN_LAYERS
+from .nn import BAYESIAN_LAYERS, weight_name
 from .prune import masked_network
 from .sparsity import magnitude_masks
 
@@ -31,7 +31,7 @@ __all__ = ["l1_penalty", "magnitude_prune", "prunable_weights"]
 def prunable_weights(net: nn.Module) -> dict[str, Tensor]:
     """The weights of every Linear/Conv layer of ``net``, keyed by ``state_dict`` name."""
     return {
-        f"{name}.weight" if name else "weight": m.weight
+        f"{name}.{weight_name(m)}" if name else weight_name(m): getattr(m, weight_name(m))
         for name, m in net.named_modules()
         if isinstance(m, BAYESIAN_LAYERS)
     }

@@ -35,11 +35,13 @@ import torch
 from torch import Tensor, nn
 
 from .distributions import HardConcrete
-from .nn import BAYESIAN_LAYERS, RECURRENT_LAYERS
+from .nn import BAYESIAN_LAYERS
 from .validation import check_nonnegative, check_number
 
 __all__ = ["LOG_ALPHA_RANGE", "GatedLayer", "L0Network"]
 
+GATED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+"""Layers L0 gates cover (an attention layer reads its output projection's weight directly)."""
 LOG_ALPHA_RANGE = (math.log(1e-2), math.log(1e2))
 """``log_alpha`` is clamped to this range after each step (Louizos et al.'s code)."""
 
@@ -54,7 +56,7 @@ class GatedLayer(nn.Module):
 
     def __init__(self, layer: nn.Module, log_alpha: Tensor) -> None:
         super().__init__()
-        if not isinstance(layer, BAYESIAN_LAYERS):
+        if not isinstance(layer, GATED_LAYERS):
             raise TypeError(f"layer must be Linear, Conv1d or Conv2d, got {type(layer).__name__}")
         self.layer = layer
         self.log_alpha = nn.Parameter(log_alpha)
@@ -145,11 +147,11 @@ class L0Network(nn.Module):
             raise ValueError("net must contain at least one Linear or Conv layer")
         if "" in self.layer_names:
             raise ValueError("net must contain its layers (a bare Linear/Conv cannot be wrapped)")
-        recurrent = [n for n in self.layer_names
-                     if isinstance(self.net.get_submodule(n), RECURRENT_LAYERS)]  # fmt: skip
-        if recurrent:
-            raise ValueError(f"L0 gates cover Linear and Conv layers; net has recurrent layers "
-                             f"{recurrent} (use SparseVD or L1 for recurrent nets)")  # fmt: skip
+        gated = {n: isinstance(self.net.get_submodule(n), GATED_LAYERS) for n in self.layer_names}
+        others = [n for n, ok in gated.items() if not ok]
+        if others:
+            raise ValueError(f"L0 gates cover Linear, Conv1d and Conv2d layers; net also has "
+                             f"{others} (use SparseVD or L1 for them)")  # fmt: skip
         gen = torch.Generator().manual_seed(seed)
         for i, name in enumerate(self.layer_names):
             layer = self.net.get_submodule(name)

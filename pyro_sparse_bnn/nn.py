@@ -214,21 +214,26 @@ class SparseBNN(LocalParams, PyroModule):
 
     def check_data(self, x: Tensor, y: Tensor | None = None) -> None:
         """Raise ``ValueError``/``TypeError`` if ``x``/``y`` do not fit this network (a network
-        with a ``check_input(x, in_features)`` method, such as a bag network, checks ``x``)."""
+        with a ``check_input(x, in_features)`` method, such as a bag network, checks ``x``).
+
+        A Sequential whose first module is its first Bayesian layer is checked against that
+        layer's width; any other network runs once on two rows of ``x`` (no gradient, running
+        statistics untouched), and its error, if any, becomes the ``ValueError``.
+        """
         first = self.net.get_submodule(self.layer_names[0])
         linear = isinstance(first, nn.Linear)
         check_input = getattr(self.net, "check_input", None)
+        out_features = self.out_features
+        vocabulary = first.num_embeddings if isinstance(first, nn.Embedding) else None
+        if vocabulary is not None and x.numel() and (x.min() < 0 or x.max() >= vocabulary):
+            raise ValueError(f"X must hold token ids in [0, {vocabulary}), got values in "
+                             f"[{int(x.min())}, {int(x.max())}]")  # fmt: skip
         if callable(check_input):
             check_input(x, self.in_features)
+        elif not _leads(self.net, first):
+            out_features = self._probe(x)
         elif isinstance(first, nn.Embedding):
-            if x.numel() and (x.min() < 0 or x.max() >= first.num_embeddings):
-                raise ValueError(f"X must hold token ids in [0, {first.num_embeddings}), got "
-                                 f"values in [{int(x.min())}, {int(x.max())}]")  # fmt: skip
-        elif isinstance(first, nn.MultiheadAttention):
-            raise ValueError(
-                "the first Bayesian layer must not be a bare MultiheadAttention (it takes "
-                "query, key and value): put a projection before it"
-            )
+            pass
         elif isinstance(first, RECURRENT_LAYERS):
             if x.dim() != 3 or x.shape[2] != self.in_features:
                 raise ValueError(
@@ -240,7 +245,26 @@ class SparseBNN(LocalParams, PyroModule):
             expected = f"(n, {n}) or (n, ..., {n})" if linear else f"(n, {n}, ...)"
             raise ValueError(f"X must have shape {expected} for this network, got {tuple(x.shape)}")
         if y is not None:
-            self.likelihood.check_targets(y, self.out_features)
+            self.likelihood.check_targets(y, out_features)
+
+    def _probe(self, x: Tensor) -> int:
+        """Run the network on two rows of ``x``; its output width, or the error as ValueError."""
+        rows = x[:2]
+        try:
+            with torch.no_grad(), batch_statistics(self.net, rows=rows.shape[0]):
+                out = self.net(rows)
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            raise ValueError(f"X of shape {tuple(x.shape)} does not fit this network: "
+                             f"{error}") from error  # fmt: skip
+        return out.shape[-1] if out.dim() > 1 else 1
+
+
+def _leads(net: nn.Module, layer: nn.Module) -> bool:
+    """Whether ``net`` is a Sequential whose first module (nested Sequentials opened) is
+    ``layer``: then the input goes to ``layer`` unchanged."""
+    while isinstance(net, nn.Sequential) and len(net):
+        net = net[0]
+    return net is layer
 
 
 def _widths(layer: nn.Module) -> tuple[int, int]:

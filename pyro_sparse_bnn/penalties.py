@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions.transforms import PowerTransform
 
-from .nn import BAYESIAN_LAYERS
+from .nn import BAYESIAN_LAYERS, weight_name
 from .priors import Groups, Laplace, Normal, Prior
 from .priors.base import _positive
 
@@ -233,6 +233,10 @@ def glorot_factor(kind: str, shape: Sequence[int], groups: Groups = None) -> flo
     return math.sqrt(fan_in * (_group_size(shape, groups) + 1))
 
 
+def _weight(layer: nn.Module) -> Tensor:
+    return getattr(layer, weight_name(layer))
+
+
 def _layers(net: nn.Module) -> dict[str, nn.Module]:
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -257,7 +261,7 @@ def glorot_penalties(
     """
     _positive("lam", lam)
     return {
-        name: Penalty(kind, lam * glorot_factor(kind, tuple(m.weight.shape), groups), groups)
+        name: Penalty(kind, lam * glorot_factor(kind, tuple(_weight(m).shape), groups), groups)
         for name, m in _layers(net).items()
     }
 
@@ -292,4 +296,4 @@ def total_penalty(net: nn.Module, penalties: Mapping[str, Penalty]) -> Tensor:
     unknown = set(penalties) - set(layers)
     if unknown:
         raise ValueError(f"penalties name layers {sorted(unknown)} that net does not have")
-    return sum(p(layers[k].weight) for k, p in penalties.items())
+    return sum(p(_weight(layers[k])) for k, p in penalties.items())

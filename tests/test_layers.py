@@ -158,3 +158,29 @@ def test_vogn_is_refused_with_batch_norm():
         psb.fit(bnn, x, y, method="vadam", per_example_grads=True, epochs=1, progress=False)
     result = psb.fit(bnn, x, y, method="vadam", epochs=2, progress=False)  # Vadam by default
     assert result.info["per_example_grads"] is False
+
+
+def test_a_network_that_reshapes_its_input_is_checked_by_running_it():
+    """The first layer of a custom forward need not read X as it comes: the check runs the
+    network on two rows and turns its error into a ValueError before any work."""
+
+    class Rows(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.out = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.embed(x.reshape(x.shape[0], 2, 4))).mean(1))
+
+    bnn = psb.SparseBNN(Rows(), psb.priors.Normal(), psb.likelihoods.Categorical())
+    x, y = torch.randn(30, 8), torch.randint(0, 3, (30,))
+    assert psb.fit(bnn, x, y, epochs=2, progress=False).predict(x)["probs"].shape == (30, 3)
+    with pytest.raises(ValueError, match="does not fit this network"):
+        psb.fit(bnn, torch.randn(30, 7), y, epochs=2, progress=False)
+
+
+def test_l0_gates_refuse_attention():
+    bnn = psb.SparseBNN(Encoder(), psb.priors.Normal(), psb.likelihoods.Categorical())
+    x, y = torch.randn(10, 5, 3), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match=r"L0 gates cover .*layer.self_attn"):
+        psb.fit(bnn, x, y, method="l0", epochs=1, progress=False)

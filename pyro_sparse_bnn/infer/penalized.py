@@ -38,7 +38,7 @@ from ..dtypes import float_dtype
 from ..gates import L0Network
 from ..isolation import check_seed, isolated
 from ..likelihoods import Categorical, Gaussian
-from ..nn import BAYESIAN_LAYERS, BIAS_PARAMS, SparseBNN
+from ..nn import BAYESIAN_LAYERS, BIAS_PARAMS, SparseBNN, weight_name
 from ..penalties import Penalty, glorot_penalties, total_penalty
 from ..priors import Normal
 from ..sparsity import gate_masks
@@ -66,7 +66,7 @@ def _trainable_net(model: Any) -> nn.Module:
     for layer in model.layer_names:
         module = net.get_submodule(layer)
         buffers = dict(module.named_buffers(recurse=False))
-        for name in ("weight", *BIAS_PARAMS):
+        for name in (weight_name(module), *BIAS_PARAMS):
             if name in buffers:
                 value = buffers[name].detach().clone()
                 delattr(module, name)
