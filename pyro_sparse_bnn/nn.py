@@ -36,19 +36,16 @@ from .norms import NORM_LAYERS, batch_statistics
 from .priors import Prior
 from .recurrent import FusedGRU, FusedLSTM, fuse_recurrent
 
-__all__ = [
-    "BAYESIAN_LAYERS", "BIAS_PARAMS", "CONV_LAYERS", "RECURRENT_LAYERS", "SparseBNN", "mlp",
-    "weight_name",
-]  # fmt: skip
+__all__ = ["BAYESIAN_LAYERS", "BIAS_PARAMS", "RECURRENT_LAYERS", "SparseBNN", "mlp", "weight_name"]
 
 RECURRENT_LAYERS = (FusedLSTM, FusedGRU)
 BIAS_PARAMS = ("bias", "bias_hn", "in_proj_bias")
 """Bias parameter names a ``bias_prior`` covers (``bias_hn``: a GRU's candidate bias,
 ``in_proj_bias``: an attention layer's query, key and value biases)."""
-CONV_LAYERS = (
+_CONV_LAYERS = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
 )  # fmt: skip
-BAYESIAN_LAYERS = (nn.Linear, *CONV_LAYERS, nn.Embedding, nn.MultiheadAttention,
+BAYESIAN_LAYERS = (nn.Linear, *_CONV_LAYERS, nn.Embedding, nn.MultiheadAttention,
                    *RECURRENT_LAYERS)  # fmt: skip
 """Layers whose weight gets the layer's prior (an attention layer: its query, key and value
 projection ``in_proj_weight``; its output projection is a ``Linear`` layer of its own)."""

@@ -502,7 +502,9 @@ def live_masks(result: Any, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
             count = torch.arange(start, start + mask.numel(), dtype=torch.float64, device=x.device)
             numbers[name] = count.reshape(mask.shape) * mask
             start += mask.numel()
-    numbered = masked_network(copy.deepcopy(net).double(), params | numbers)
+    numbered = masked_network(copy.deepcopy(net).double(), params | numbers).eval()
+    if has_running_statistics(numbered):
+        silence_dead_norms(numbered, x.double())
     small = prune(numbered, x.double())
     found = torch.cat([p.reshape(-1) for k, p in small.named_parameters() if "weight" in k])
     found = found[found != 0]

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from . import metrics
 from .io import atomic_path
@@ -128,10 +128,24 @@ def _nonzero(net: nn.Module) -> int:
     )
 
 
+def _attention_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of scaled dot-product attention from the query, key and value shapes."""
+    return sdpa_flop_count(query, key, value)
+
+
 def _flops(net: nn.Module, x: Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        net(x[:1])
+    """FLOPs of ``net`` on one row of ``x``. Attention's fused inference kernel has no FLOP
+    formula, so it is switched off while counting (the same products, counted one by one), and
+    the CPU attention kernel gets the formula torch registers for its GPU twins."""
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: _attention_flops})
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), counter:
+            net(x[:1])
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     return int(counter.get_total_flops())
 
 

@@ -246,3 +246,6 @@ def test_a_fitted_resnet_prunes_to_its_masked_network(method, threshold):
     small = result.prune(threshold=threshold)
     check_equal(full, small, x)
     assert n_weights(small) < n_weights(full)
+    layers = [m for m in small.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    kept = sum(int((m.weight != 0).sum()) for m in layers)
+    assert result.compression(threshold)["n_kept"] == kept  # counts what prune keeps

@@ -69,3 +69,22 @@ def test_json_table_and_figure(fitted, tmp_path):
     assert len(ax.patches) == len([k for k in report.ratios() if report.before[k] > 0])
     with pytest.raises(ValueError, match="rounds"):
         psb.compression_report(result, X, y, rounds=0)
+
+
+def test_transformer_flops_count_every_product():
+    """Embedding, query/key/value, attention scores and mixing, output projection, the two
+    feed-forward layers and the head, on six tokens of width 16 (4 heads, 32 neurons)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    net = nn.Sequential(nn.Linear(7, 16), layer, nn.Flatten(), nn.Linear(6 * 16, 3)).eval()
+    tokens, d = 6, 16
+    expected = 2 * (
+        tokens * 7 * d  # embedding
+        + tokens * d * 3 * d  # query, key, value
+        + 2 * tokens * tokens * d  # scores and their mix of the values
+        + tokens * d * d  # output projection
+        + 2 * tokens * d * 32  # feed-forward
+        + tokens * d * 3  # head
+    )
+    assert psb.report._flops(net, torch.randn(2, tokens, 7)) == expected
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
