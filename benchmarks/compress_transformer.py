@@ -14,10 +14,10 @@ then linearly to zero (the same for every method):
 
 * ``dense``: point estimates (``fit(method="l1", l1=0)``);
 * ``group_sparsevd``: SVI with the SparseVD guide and group log-uniform priors
-  (``GroupLogUniform``): per output row of the feed-forward expansion and of the query/key/value
-  projection, per input column of the feed-forward contraction and the attention output
-  projection (a column group of the output projection is one head dimension), per input
-  elsewhere;
+  (``GroupLogUniform``): one per attention head in the output projection (its 8 columns,
+  ``groups=("in", 8)``) and per head block of 8 rows of the query, key and value projection
+  (``groups=("out", 8)``); per neuron of the feed-forward layers (rows of the expansion,
+  columns of the contraction); per input elsewhere;
 * ``group_horseshoe``: the same groups with horseshoe priors.
 
 L0 gates do not cover attention layers (``L0Network`` refuses them). Each posterior is pruned at
@@ -75,8 +75,8 @@ def priors(family: type) -> dict:
     out: dict = {"embed": family(groups="in"), "head": family(groups="in")}
     for i in range(LAYERS):
         out |= {
-            f"layers.{i}.self_attn": family(groups="out"),
-            f"layers.{i}.self_attn.out_proj": family(groups="in"),
+            f"layers.{i}.self_attn": family(groups=("out", DIM // HEADS)),
+            f"layers.{i}.self_attn.out_proj": family(groups=("in", DIM // HEADS)),
             f"layers.{i}.linear1": family(groups="out"),
             f"layers.{i}.linear2": family(groups="in"),
         }

@@ -7,7 +7,9 @@ import pytest
 import scipy.stats as st
 import torch
 from pyro import poutine
+from torch import nn
 
+import pyro_sparse_bnn as psb
 from pyro_sparse_bnn import priors
 from pyro_sparse_bnn.priors import WEIGHT_TAG
 
@@ -135,6 +137,40 @@ def test_groups_share_one_scale_per_neuron(groups, scale_shape):
     assert torch.allclose(std, expected)
 
 
+@pytest.mark.parametrize("centered", [True, False])
+def test_block_groups_share_one_scale_per_block_of_units(centered):
+    """groups=("in", 2) on a (3, 6) weight: three scales, each for two adjacent columns (an
+    attention head's columns of an output projection, say)."""
+    tr = trace_of(priors.Horseshoe(groups=("in", 2), centered=centered), shape=(3, 6))
+    local = tr.nodes["w_local_scale"]["value"]
+    assert local.shape == (1, 3)
+    scale = (local * tr.nodes["w_global_scale"]["value"]).repeat_interleave(2, dim=1).expand(3, 6)
+    if centered:
+        assert torch.allclose(tr.nodes["w"]["fn"].base_dist.scale, scale)
+    else:
+        assert torch.allclose(tr.nodes["w"]["value"], tr.nodes["w_decentered"]["value"] * scale)
+
+
+def test_block_group_weights_and_their_moments_under_the_sparse_vd_guide():
+    """A block whose group variable is switched off takes all its weights with it, and the
+    guide's weight moments repeat each block's scale moments over its units."""
+    from pyro_sparse_bnn.guides import sparse_vd, weight_moments
+
+    bnn = psb.SparseBNN(nn.Linear(6, 2), priors.GroupLogUniform(groups=("in", 3)),
+                        psb.likelihoods.Categorical())  # fmt: skip
+    guide = sparse_vd(bnn)
+    guide(torch.randn(1, 6), torch.tensor([0]))
+    assert guide.loc("weight_local_scale").shape == (1, 2)
+    with torch.no_grad():
+        guide.locs.weight_local_scale_unconstrained.copy_(torch.tensor([[2.0, 0.0]]))
+    mean, var = weight_moments(bnn, guide, num_samples=200)["weight"]
+    theta = guide.loc("weight_decentered")
+    assert torch.allclose(mean[:, :3], 2.0 * theta[:, :3], rtol=0.05)  # E[z] = 2 for block 1
+    assert torch.allclose(mean[:, 3:], torch.zeros(2, 3), atol=0.01 * float(theta.abs().max()))
+    log_alpha = (var / mean.square()).log()  # block 2: noise; block 1: its weights' own
+    assert log_alpha[:, 3:].min() > log_alpha[:, :3].max() + 5
+
+
 def test_conv_weight_groups_per_input_channel():
     tr = trace_of(priors.Laplace(groups="in"), shape=(4, 2, 3, 3))
     assert tr.nodes["w_variance"]["value"].shape == (1, 2, 1, 1)
@@ -177,6 +213,8 @@ def test_buffers_follow_dtype():
         (lambda: priors.SpikeAndSlab(spike_scale=2.0, slab_scale=1.0), "spike_scale"),
         (lambda: priors.SpikeAndSlab(temperature=0.0), "temperature"),
         (lambda: priors.Horseshoe(groups="rows"), "groups"),
+        (lambda: priors.Horseshoe(groups=("in", 0)), "groups"),
+        (lambda: priors.Horseshoe(groups=("in", 4)).sample("w", (3, 6)), "divide"),
         (lambda: priors.Laplace().sample("w", (3, 0)), "shape"),
     ],
 )

@@ -208,7 +208,7 @@ def _scale_moments(guide: SparseVDGuide, scaled: dict, moments: dict, num_sample
         values = {k: v["value"] for k, v in nodes.items() if v["type"] == "sample"}
         with poutine.block(), poutine.condition(data=values):
             for site, prior in scaled.items():
-                scale = prior.mixing_scale(site, tuple(guide.loc(f"{site}_decentered").shape))
+                scale = prior.weight_scale(site, tuple(guide.loc(f"{site}_decentered").shape))
                 moments[site][0] = moments[site][0] + scale / num_samples
                 moments[site][1] = moments[site][1] + scale.square() / num_samples
 

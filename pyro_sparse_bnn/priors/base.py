@@ -17,7 +17,10 @@ from ..validation import check_positive
 
 __all__ = ["WEIGHT_TAG", "Centring", "Groups", "Prior", "set_centring", "weight_deterministic"]
 
-Groups = Literal["in", "out"] | None
+Groups = Literal["in", "out"] | tuple[Literal["in", "out"], int] | None
+"""One mixing variable per weight (``None``), per input or output unit (``"in"``/``"out"``), or
+per block of ``k`` consecutive units (``("in", k)``: e.g. the columns of one attention head in
+an output projection)."""
 Centring = bool | Literal["learned"]
 
 WEIGHT_TAG = "psb_weight"
@@ -28,6 +31,17 @@ def weight_deterministic(name: str, value: Tensor, event_dim: int) -> Tensor:
     """``pyro.deterministic`` for a weight, tagged with :data:`WEIGHT_TAG`."""
     delta = dist.Delta(value, event_dim=event_dim).mask(False)
     return pyro.sample(name, delta, obs=value, infer={"_deterministic": True, WEIGHT_TAG: True})
+
+
+def _check_groups(groups: object) -> Groups:
+    """``groups`` if it is ``None``, ``"in"``, ``"out"`` or ``(side, k)`` with ``k >= 1``."""
+    if groups in (None, "in", "out"):
+        return groups
+    if (isinstance(groups, tuple) and len(groups) == 2 and groups[0] in ("in", "out")
+            and isinstance(groups[1], int) and not isinstance(groups[1], bool) and groups[1] >= 1):
+        return groups
+    raise ValueError(f"groups must be None, 'in', 'out' or ('in' | 'out', block size), "
+                     f"got {groups!r}")  # fmt: skip
 
 
 def _positive(name: str, value: float) -> float:
@@ -61,9 +75,7 @@ class Prior(nn.Module):
 
     def __init__(self, *, groups: Groups = None, centered: Centring = False) -> None:
         super().__init__()
-        if groups not in (None, "in", "out"):
-            raise ValueError(f"groups must be None, 'in' or 'out', got {groups!r}")
-        self.groups = groups
+        self.groups = _check_groups(groups)
         self.centered = self._check_centring(centered)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
@@ -87,12 +99,33 @@ class Prior(nn.Module):
             self.centring[key] = nn.Parameter(zeros)
         return torch.sigmoid(self.centring[key])
 
+    def _group_axis(self) -> tuple[int, int]:
+        """The weight dim that holds the groups' units, and how many units a group has."""
+        side, block = self.groups if isinstance(self.groups, tuple) else (self.groups, 1)
+        return (1 if side == "in" else 0), block
+
     def group_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape of the mixing variables for a weight of ``shape`` (broadcastable to it)."""
+        """Shape of the mixing variables for a weight of ``shape`` (broadcastable to it, after
+        :meth:`weight_scale` repeats a block group over its units).
+
+        >>> Prior(groups=("in", 4)).group_shape((3, 8))
+        (1, 2)
+        """
         if self.groups is None or len(shape) < 2:
             return shape
-        dim = 1 if self.groups == "in" else 0
-        return tuple(n if i == dim else 1 for i, n in enumerate(shape))
+        dim, block = self._group_axis()
+        if shape[dim] % block:
+            raise ValueError(f"groups {self.groups!r}: blocks of {block} must divide the "
+                             f"{shape[dim]} units of a weight of shape {shape}")  # fmt: skip
+        return tuple(n // block if i == dim else 1 for i, n in enumerate(shape))
+
+    def weight_scale(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """:meth:`mixing_scale`, each block group's value repeated over its units."""
+        scale = self.mixing_scale(name, shape)
+        if not isinstance(self.groups, tuple) or len(shape) < 2:
+            return scale
+        dim, block = self._group_axis()
+        return scale.repeat_interleave(block, dim=dim - len(shape))
 
     def _const(self, value: float | Tensor) -> Tensor:
         return torch.as_tensor(value, dtype=self._zero.dtype, device=self._zero.device)
@@ -111,7 +144,7 @@ class Prior(nn.Module):
         ['w_decentered', 'w_variance']
         """
         shape = _check_shape(shape)
-        scale = self.mixing_scale(name, shape)
+        scale = self.weight_scale(name, shape)
         event = len(shape)
         batch_shape = torch.broadcast_shapes(scale.shape, shape)
         if self.centered == "learned":
@@ -141,7 +174,7 @@ class Prior(nn.Module):
         if self.centered is True:
             return {name: weight}
         with poutine.block(), InitMessenger(init_to_median(num_samples=31)):
-            scale = self.mixing_scale(name, tuple(weight.shape))
+            scale = self.weight_scale(name, tuple(weight.shape))
         z = (weight / scale).clamp(-1.0, 1.0)
         if self.centered == "learned":
             z = z * scale ** self.centring_of(name, tuple(weight.shape)).detach()
