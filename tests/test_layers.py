@@ -148,6 +148,9 @@ def test_a_fit_recomputes_the_running_statistics_at_the_posterior_mean():
     assert torch.allclose(norm.running_var, hidden.var(0), atol=1e-4)
     accuracy = (result.predict(x)["probs"].argmax(-1) == y).float().mean()
     assert accuracy > 0.9
+    again = psb.fit(result.model, x, y, epochs=2, seed=0, progress=False)  # trains in train mode
+    assert not again.model.training and not result.model.training
+    assert not torch.equal(again.model.net[1].running_mean, norm.running_mean)
 
 
 def test_vogn_is_refused_with_batch_norm():

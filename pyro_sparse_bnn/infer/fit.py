@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -98,7 +99,9 @@ def fit(model: Callable, X: Tensor, y: Tensor, *, method: str = "svi", **options
       spike-and-slab group lasso prior adapted by stochastic approximation or EM.
 
     A keyword the method does not take raises a TypeError naming the closest valid ones. The
-    model runs in ``X``'s floating dtype (:mod:`~pyro_sparse_bnn.dtypes`).
+    model runs in ``X``'s floating dtype (:mod:`~pyro_sparse_bnn.dtypes`). A ``SparseBNN`` with
+    BatchNorm layers trains in train mode and comes back in eval mode, its running statistics
+    recomputed at the posterior-mean weights (:mod:`~pyro_sparse_bnn.norms`).
 
     >>> import pyro_sparse_bnn as psb
     >>> X, y = psb.datasets.load("iris")
@@ -112,6 +115,9 @@ def fit(model: Callable, X: Tensor, y: Tensor, *, method: str = "svi", **options
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    batch_norm = isinstance(model, SparseBNN) and has_running_statistics(model.net)
+    if batch_norm and not model.training:  # a fitted model, say: train as a torch loop would
+        model = copy.deepcopy(model).train()
     with data_dtype(as_tensor(X, "X").dtype):
         result = METHODS[method](model, X, y, **options)
     if isinstance(result.model, SparseBNN) and has_running_statistics(result.model.net):
