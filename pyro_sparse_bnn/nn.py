@@ -121,7 +121,9 @@ class SparseBNN(LocalParams, PyroModule):
         priors = _priors_per_layer(prior, names)
         self.net = fused
         self.likelihood = likelihood
-        self.priors = nn.ModuleDict({_key(n): p for n, p in priors.items()})
+        # in layer order, whatever the order of a mapping: self.priors.values() pairs with
+        # self.layer_names
+        self.priors = nn.ModuleDict({_key(n): priors[n] for n in names})
         self.bias_prior = bias_prior
         self.layer_names = names
         for name in names:

@@ -116,3 +116,11 @@ def test_initial_weights_reproduce_the_network_init():
 def test_bad_construction(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_priors_follow_the_layers_whatever_the_mapping_order():
+    """A mapping listing the layers out of order still pairs each layer with its own prior."""
+    priors = {"2": psb.priors.GroupLogUniform(groups="out"), "0": psb.priors.Horseshoe()}
+    bnn = psb.SparseBNN(psb.mlp([4, 5, 3]), priors, psb.likelihoods.Categorical())
+    assert list(bnn.priors.values()) == [priors["0"], priors["2"]]
+    assert bnn.layer_names == ["0", "2"]
