@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 
 import torch
 from _common import print_table, write_results
@@ -94,12 +93,8 @@ def fit(method: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -
         return psb.fit(bnn, x, y, method="l1", l1=0.0, lr=SETTINGS["lr"], **common)
     family = {"group_sparsevd": GroupLogUniform, "group_horseshoe": psb.priors.Horseshoe}[method]
     bnn = psb.SparseBNN(net, priors(family), likelihood)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return psb.fit(
-            bnn, x, y, method="svi", guide="sparse_vd", lr=SETTINGS["lr_vi"],
-            kl_warmup=max(1, epochs // 10), num_posterior_samples=5, **common,
-        )  # fmt: skip
+    return psb.fit(bnn, x, y, method="svi", guide="sparse_vd", lr=SETTINGS["lr_vi"],
+                   kl_warmup=max(1, epochs // 10), num_posterior_samples=5, **common)  # fmt: skip
 
 
 def error(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
