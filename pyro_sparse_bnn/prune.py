@@ -39,9 +39,8 @@ from torch.nn.utils import prune as torch_prune
 
 from .mil.bags import BagPooling, MILNet
 from .nn import BAYESIAN_LAYERS, RECURRENT_LAYERS
-from .norms import has_running_statistics
 from .projection import linear_layer
-from .prune_graph import prune_graph, silence_dead_norms
+from .prune_graph import prune_graph
 from .recurrent import FusedGRU, RecurrentOutput, fuse_recurrent
 from .sparsity import scalp_masks
 from .validation import check_nonnegative
@@ -459,18 +458,16 @@ def masked_result_network(result: Any, masks: Mapping[str, Tensor]) -> nn.Module
     Weight means are ``result.weight_moments()``'s (exact under a SparseVD guide); for a network
     of one ``nn.Linear`` layer, the means of the projected submodel
     (``result.submodel_draws(masks)``). Non-Bayesian biases are the fitted ones, Bayesian biases
-    their posterior means. A BatchNorm channel whose input layer keeps no weight there gets a
-    zero scale and shift (:func:`~pyro_sparse_bnn.prune_graph.silence_dead_norms`): the channel
-    is then zero, not a constant, and :func:`prune` removes it.
+    their posterior means. A BatchNorm channel whose input layer keeps no weight there still
+    emits its shift, a constant the next layers read: it stays, as the masked posterior's
+    predictive has it (:func:`~pyro_sparse_bnn.prune_graph.silence_dead_norms` zeroes such
+    channels, a different network, to be evaluated as one).
     """
-    net, params, x = posterior_network(result)
+    net, params, _ = posterior_network(result)
     if linear_layer(result.model) is not None:
         projected = result.submodel_draws(dict(masks))
         params |= {k: v.mean(0) for k, v in projected.items() if k in params}
-    masked = masked_network(net, params, dict(masks)).eval()
-    if has_running_statistics(masked):
-        silence_dead_norms(masked, x)
-    return masked
+    return masked_network(net, params, dict(masks)).eval()
 
 
 def prune_result(
@@ -503,8 +500,6 @@ def live_masks(result: Any, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
             numbers[name] = count.reshape(mask.shape) * mask
             start += mask.numel()
     numbered = masked_network(copy.deepcopy(net).double(), params | numbers).eval()
-    if has_running_statistics(numbered):
-        silence_dead_norms(numbered, x.double())
     small = prune(numbered, x.double())
     found = torch.cat([p.reshape(-1) for k, p in small.named_parameters() if "weight" in k])
     found = found[found != 0]

@@ -291,7 +291,10 @@ def _fold(trial: nn.Module, net: nn.Module, verdict: _Verdict, channels: Tensor,
 
 def silence_dead_norms(net: nn.Module, example_input: Tensor) -> nn.Module:
     """Zero the scale and shift of every BatchNorm channel whose input layer has only zero
-    weights (and bias) there, so the channel is zero, not a constant, and can be removed."""
+    weights (and bias) there, so the channel is zero, not a constant, and can be removed.
+
+    This changes the function (the shift was the channel's constant output, which later layers
+    read): evaluate the silenced network before shipping it."""
     x = example_input.double() if example_input.is_floating_point() else example_input
     graph = tp.DependencyGraph().build_dependency(copy.deepcopy(net).double(), example_inputs=x)
     originals = dict(zip(graph.model.modules(), net.modules(), strict=True))
