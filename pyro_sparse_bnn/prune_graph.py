@@ -163,6 +163,7 @@ def prune_graph(net: nn.Module, example_input: Tensor) -> nn.Module:
     returns the input's floating dtype; the result is made of the same torch modules as
     ``net``, only narrower.
     """
+    _check_arguments(net, example_input)
     dtype = net_dtype(net)
     small = _with_parameters(copy.deepcopy(net).eval().double())
     x = example_input.double() if example_input.is_floating_point() else example_input
@@ -295,6 +296,7 @@ def silence_dead_norms(net: nn.Module, example_input: Tensor) -> nn.Module:
 
     This changes the function (the shift was the channel's constant output, which later layers
     read): evaluate the silenced network before shipping it."""
+    _check_arguments(net, example_input)
     x = example_input.double() if example_input.is_floating_point() else example_input
     graph = tp.DependencyGraph().build_dependency(copy.deepcopy(net).double(), example_inputs=x)
     originals = dict(zip(graph.model.modules(), net.modules(), strict=True))
@@ -309,6 +311,14 @@ def silence_dead_norms(net: nn.Module, example_input: Tensor) -> nn.Module:
                 norm.weight[dead] = 0.0
                 norm.bias[dead] = 0.0
     return net
+
+
+def _check_arguments(net: object, example_input: object) -> None:
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if not isinstance(example_input, Tensor) or example_input.dim() == 0:
+        raise TypeError(f"example_input must be a batch tensor (one row or more), got "
+                        f"{type(example_input).__name__}")  # fmt: skip
 
 
 def net_dtype(net: nn.Module) -> torch.dtype:

@@ -224,6 +224,10 @@ def test_the_pruned_sequential_loads_with_torch_alone(tmp_path):
 def test_prune_names_what_it_needs():
     with pytest.raises(ValueError, match="example_input is required"):
         prune(ResNet())
+    with pytest.raises(TypeError, match="example_input"):
+        prune_graph(ResNet(), [[1.0]])
+    with pytest.raises(TypeError, match="net"):
+        silence_dead_norms("resnet", torch.randn(2, 1, 8, 8))
     with pytest.raises(ValueError, match="inputs='select'"):
         prune(ResNet(), torch.randn(2, 1, 8, 8), inputs="select")
 
