@@ -88,7 +88,10 @@ class SparseBNN(LocalParams, PyroModule):
 
     Args:
         net: a plain network; it is copied, the original is never changed. Its ``nn.LSTM`` and
-            ``nn.GRU`` layers (one layer, one direction each) become fused layers.
+            ``nn.GRU`` layers (one layer, one direction each) become fused layers. Parameters
+            other than the Bayesian layers' weights (normalisation scales, biases without a
+            ``bias_prior``, a position embedding) are learned as point estimates; a module with
+            a weight no prior covers (``nn.RNN``, ``nn.Bilinear``) is refused here.
         prior: one prior for every layer, or a mapping from layer name (module path) to prior.
         likelihood: the observation model applied to the network output.
         bias_prior: a prior for the biases, or ``None`` to learn them as point estimates.
