@@ -1,14 +1,15 @@
 """Structured compression of a ResNet-20-style network on MNIST-10k: FLOPs, error and latency of
 the physically pruned network against its dense twin.
 
-    python benchmarks/compress_resnet.py [--epochs E] [--methods ...] [--quick]
+    python benchmarks/compress_resnet.py [--epochs E] [--methods ...] [--seeds ...] [--quick]
 
 Data: the 10,000 official MNIST test images (``datasets.load_mnist``), the seeded 8,000 / 2,000
-split of the other MNIST benchmarks, as 1x28x28 images. Network (torch seed 0, the same initial
-weights for every method): a 3x3 stem convolution to 16 channels, three stages of three basic
-blocks (conv-BN-ReLU-conv-BN plus the input, then ReLU) at 16, 32 and 64 channels, the last two
-stages starting with stride 2 and a 1x1 convolution + BatchNorm on the shortcut (identity
-shortcuts everywhere else), global average pooling, Linear(64, 10): ResNet-20's layout.
+split of the other MNIST benchmarks, as 1x28x28 images. Network (torch seed = the run's seed, the
+same initial weights for every method of a seed): a 3x3 stem convolution to 16 channels, three
+stages of three basic blocks (conv-BN-ReLU-conv-BN plus the input, then ReLU) at 16, 32 and 64
+channels, the last two stages starting with stride 2 and a 1x1 convolution + BatchNorm on the
+shortcut (identity shortcuts everywhere else), global average pooling, Linear(64, 10): ResNet-20's
+layout.
 
 Methods, all for ``--epochs`` epochs of Adam at batch 100 with the learning rate constant for the
 first half and then linearly to zero:
@@ -27,16 +28,18 @@ checked to give the same test predictions. Reported per point: test error, FLOPs
 (``torch.utils.flop_counter``) and their reduction, channels kept per convolution, and the CPU
 latency of dense and pruned networks at batch 256 (median of interleaved rounds, one thread).
 Goal: at least 10x fewer FLOPs at test error within dense + 0.5 pp; latency speed-up at least
-0.5x the FLOP reduction. Writes benchmarks/results/compress_resnet.json.
+0.5x the FLOP reduction. Writes benchmarks/results/compress_resnet.json, keeping the rows of
+(method, seed) pairs not rerun.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
-from _common import print_table, write_results
+from _common import RESULTS, print_table, write_results
 from _compress import SPARSE_VD_SNR, THRESHOLDS
 from torch import nn
 
@@ -45,8 +48,9 @@ from pyro_sparse_bnn.priors import GroupLogUniform
 from pyro_sparse_bnn.report import _flops, _latencies
 
 METHODS = ("dense", "group_sparsevd", "group_horseshoe", "l0")
-SETTINGS = {"batch_size": 100, "lr": 1e-3, "lr_vi": 3e-3, "l0_lambda": 1.0, "seed": 0}
-COLUMNS = ["method", "threshold", "test_error", "flop_reduction", "speedup_256", "channels"]
+SETTINGS = {"batch_size": 100, "lr": 1e-3, "lr_vi": 3e-3, "l0_lambda": 1.0}
+COLUMNS = ["method", "seed", "threshold", "test_error", "flop_reduction", "speedup_256",
+           "channels"]  # fmt: skip
 
 
 class Block(nn.Module):
@@ -85,11 +89,11 @@ class ResNet20(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-def fit(method: str, x: torch.Tensor, y: torch.Tensor, epochs: int) -> psb.FitResult:
-    torch.manual_seed(SETTINGS["seed"])
+def fit(method: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> psb.FitResult:
+    torch.manual_seed(seed)
     net = ResNet20()
     common = dict(epochs=epochs, batch_size=SETTINGS["batch_size"], lr_schedule="linear_decay",
-                  seed=SETTINGS["seed"], progress=False)  # fmt: skip
+                  seed=seed, progress=False)  # fmt: skip
     likelihood = psb.likelihoods.Categorical()
     if method == "dense":
         bnn = psb.SparseBNN(net, psb.priors.Normal(), likelihood)
@@ -142,8 +146,9 @@ def points(method: str, result: psb.FitResult, x_test: torch.Tensor, y_test: tor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch on 1,000 images")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -153,18 +158,26 @@ def main() -> None:
     epochs = 1 if args.quick else args.epochs
     if args.quick:
         x, y = x[:1000], y[:1000]
-    rows, dense = [], None
-    for method in args.methods:
-        start = time.perf_counter()
-        result = fit(method, x, y, epochs)
-        seconds = time.perf_counter() - start
-        if dense is None:
-            dense = result.masked_network(0.0) if method == "dense" else ResNet20().eval()
-        for row in points(method, result, x_test, y_test, dense, rounds=5 if args.quick else 20):
-            rows.append(row | {"seconds": seconds, "epochs": epochs})
-            print_table([rows[-1]], COLUMNS)
-    print_table(rows, COLUMNS)
+    rows = []
+    for seed in args.seeds:
+        dense = None
+        for method in args.methods:
+            start = time.perf_counter()
+            result = fit(method, x, y, epochs, seed)
+            seconds = time.perf_counter() - start
+            if dense is None:
+                dense = result.masked_network(0.0) if method == "dense" else ResNet20().eval()
+            rounds = 5 if args.quick else 20
+            for row in points(method, result, x_test, y_test, dense, rounds):
+                rows.append(row | {"seed": seed, "seconds": seconds, "epochs": epochs})
+                print_table([rows[-1]], COLUMNS)
     name = "compress_resnet_quick" if args.quick else "compress_resnet"
+    previous = RESULTS / f"{name}.json"
+    if not args.quick and previous.exists():  # keep the rows of (method, seed) pairs not rerun
+        rerun = {(r["method"], r["seed"]) for r in rows}
+        old = json.loads(previous.read_text())["rows"]
+        rows = [r for r in old if (r["method"], r.get("seed", 0)) not in rerun] + rows
+    print_table(rows, COLUMNS)
     split = "MNIST t10k via load_mnist(seed=0): 8000 train / 2000 test"
     write_results(name, rows, settings=SETTINGS, epochs=epochs, quick=args.quick, data_split=split)
 
