@@ -23,11 +23,14 @@ torch.Size([5])
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from pyro.nn import PyroModule
+from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
 from .isolation import LocalParams
@@ -95,6 +98,17 @@ class SparseBNN(LocalParams, PyroModule):
         prior: one prior for every layer, or a mapping from layer name (module path) to prior.
         likelihood: the observation model applied to the network output.
         bias_prior: a prior for the biases, or ``None`` to learn them as point estimates.
+        norm_prior: a prior for the scales and shifts of the normalisation layers (BatchNorm,
+            LayerNorm, GroupNorm), or ``None`` (default) to learn them as point estimates.
+            Their sites are the ``state_dict`` keys (``"1.weight"``, ``"1.bias"``); a
+            zero-centred shrinkage prior on them is Bayesian network slimming: a channel whose
+            scale and shift are both zero is removed by ``prune``.
+        ties: lists of layer names whose weights share one set of group variables (their
+            prior's groups, e.g. ``groups="in"``, must have the same count in each): the
+            layers that read the same channels across a residual addition, so a channel the
+            shared variable switches off is read by none of them and goes as a whole
+            (:func:`~pyro_sparse_bnn.prune_graph.shared_inputs` finds them). The tied layers
+            need one prior with latent group variables; the model holds its own copy of it.
     """
 
     def __init__(
@@ -104,14 +118,17 @@ class SparseBNN(LocalParams, PyroModule):
         likelihood: Likelihood,
         *,
         bias_prior: Prior | None = None,
+        norm_prior: Prior | None = None,
+        ties: Sequence[Sequence[str]] = (),
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         if not isinstance(likelihood, Likelihood):
             raise TypeError(f"likelihood must be a Likelihood, got {type(likelihood).__name__}")
-        if bias_prior is not None and not isinstance(bias_prior, Prior):
-            raise TypeError(f"bias_prior must be a Prior or None, got {type(bias_prior).__name__}")
+        for arg, value in (("bias_prior", bias_prior), ("norm_prior", norm_prior)):
+            if value is not None and not isinstance(value, Prior):
+                raise TypeError(f"{arg} must be a Prior or None, got {type(value).__name__}")
         fused = fuse_recurrent(net)
         _check_modules(fused)
         layers = [(n, m) for n, m in fused.named_modules() if isinstance(m, BAYESIAN_LAYERS)]
@@ -121,7 +138,7 @@ class SparseBNN(LocalParams, PyroModule):
                 "MultiheadAttention, LSTM or GRU layer"
             )
         names = [n for n, _ in layers]
-        priors = _priors_per_layer(prior, names)
+        priors = _tie(_priors_per_layer(prior, names), ties, dict(layers))
         self.net = fused
         self.likelihood = likelihood
         # in layer order, whatever the order of a mapping: self.priors.values() pairs with
@@ -129,7 +146,10 @@ class SparseBNN(LocalParams, PyroModule):
         self.priors = nn.ModuleDict({_key(n): priors[n] for n in names})
         self.bias_prior = bias_prior
         self.layer_names = names
-        for name in names:
+        self.ties = [list(tie) for tie in ties]
+        self.norm_prior = norm_prior
+        self.norm_names = [] if norm_prior is None else _affine_norms(fused)
+        for name in names + self.norm_names:
             for param in self._sampled_params(name):
                 _freeze_as_buffer(self.net.get_submodule(name), param)
 
@@ -158,28 +178,40 @@ class SparseBNN(LocalParams, PyroModule):
     def initial_weights(self) -> dict[str, Tensor]:
         """Site values that reproduce the copied network's initial weights (a guide's start)."""
         values = {}
-        for layer in self.layer_names:
-            for p in self._sampled_params(layer):
-                prior = self.priors[_key(layer)] if p not in BIAS_PARAMS else self.bias_prior
-                weight = getattr(self.net.get_submodule(layer), p)
-                values |= prior.init_values(_site(layer, p), weight)
+        for layer, param, prior in self._sampled():
+            weight = getattr(self.net.get_submodule(layer), param)
+            values |= prior.init_values(_site(layer, param), weight)
         return values
 
     def _sampled_params(self, layer: str) -> list[str]:
         module = self.net.get_submodule(layer)
+        if layer in self.norm_names:
+            return [p for p in ("weight", "bias") if getattr(module, p, None) is not None]
         if self.bias_prior is None:
             return [weight_name(module)]
         biases = (b for b in BIAS_PARAMS if getattr(module, b, None) is not None)
         return [weight_name(module), *biases]
 
-    def sample_params(self) -> dict[str, Tensor]:
-        """Draw every Bayesian parameter from its prior (emitting the Pyro sites)."""
-        params = {}
-        for layer in self.layer_names:
-            module = self.net.get_submodule(layer)
+    def _sampled(self) -> list[tuple[str, str, Prior]]:
+        """``(layer, parameter, prior)`` of every sampled parameter, in order."""
+        out = []
+        for layer in self.layer_names + self.norm_names:
             for p in self._sampled_params(layer):
-                prior = self.priors[_key(layer)] if p not in BIAS_PARAMS else self.bias_prior
-                params[_site(layer, p)] = prior.sample(_site(layer, p), getattr(module, p).shape)
+                if layer in self.norm_names:
+                    prior = self.norm_prior
+                else:
+                    prior = self.priors[_key(layer)] if p not in BIAS_PARAMS else self.bias_prior
+                out.append((layer, p, prior))
+        return out
+
+    def sample_params(self) -> dict[str, Tensor]:
+        """Draw every Bayesian parameter from its prior (emitting the Pyro sites; a group
+        variable tied layers share, once)."""
+        params = {}
+        with _SampleOnce():
+            for layer, p, prior in self._sampled():
+                shape = getattr(self.net.get_submodule(layer), p).shape
+                params[_site(layer, p)] = prior.sample(_site(layer, p), shape)
         return params
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -327,6 +359,76 @@ def _priors_per_layer(prior: Prior | Mapping[str, Prior], names: list[str]) -> d
         if not isinstance(p, Prior):
             raise TypeError(f"prior[{name!r}] must be a Prior, got {type(p).__name__}")
     return dict(prior)
+
+
+def _tie(priors: dict[str, Prior], ties: object, layers: dict[str, nn.Module]) -> dict[str, Prior]:
+    """``priors`` with the layers of each tie sharing their group variables (sites ``tie<i>_...``),
+    on copies of the priors involved; a ValueError/TypeError for a tie that cannot be."""
+    if isinstance(ties, str) or not isinstance(ties, Sequence) or any(
+        isinstance(t, str) or not isinstance(t, Sequence) for t in ties
+    ):
+        raise TypeError(f"ties must be a list of lists of layer names, got {ties!r}")
+    seen: set[str] = set()
+    for tie in ties:
+        unknown = [n for n in tie if n not in layers]
+        if unknown or len(tie) < 2 or seen & set(tie) or len(set(tie)) < len(tie):
+            raise ValueError(
+                f"ties: each tie must list two or more of the layers {list(layers)}, each "
+                f"layer in one tie only; got {list(tie)!r}"
+            )
+        seen |= set(tie)
+        prior = priors[tie[0]]
+        if any(priors[n] is not prior for n in tie):
+            raise ValueError(f"ties: the layers {list(tie)} must share one prior object")
+        if prior.groups is None or not type(prior).can_tie:
+            raise ValueError(f"ties: {prior!r} has no latent group variables to share; use a "
+                             "group prior such as GroupLogUniform() or Horseshoe(groups='in')")
+        counts = {n: math.prod(prior.group_shape(_weight_shape(layers[n]))) for n in tie}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"ties: the layers of a tie must have as many groups each under "
+                             f"{prior!r}, got {counts}")  # fmt: skip
+    if not ties:
+        return priors
+    priors = copy.deepcopy(priors)  # one copy per prior object: sharing is kept
+    for i, tie in enumerate(ties):
+        for n in tie:
+            priors[n].tied[_site(n, weight_name(layers[n]))] = f"tie{i}"
+    return priors
+
+
+def _affine_norms(net: nn.Module) -> list[str]:
+    """Paths of the normalisation layers of ``net`` with a learned scale; a ValueError if none."""
+    names = [
+        n for n, m in net.named_modules()
+        if isinstance(m, NORM_LAYERS) and isinstance(getattr(m, "weight", None), Tensor)
+    ]  # fmt: skip
+    if not names:
+        raise ValueError(
+            "norm_prior is given but net has no normalisation layer with a learned scale "
+            "(BatchNorm, LayerNorm or GroupNorm with affine parameters)"
+        )
+    return names
+
+
+def _weight_shape(layer: nn.Module) -> tuple[int, ...]:
+    return tuple(getattr(layer, weight_name(layer)).shape)
+
+
+class _SampleOnce(Messenger):
+    """Within one run, a site sampled again (a group variable tied layers share) takes the value
+    of its first draw and is not recorded twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, Tensor] = {}
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
+            msg["done"] = msg["stop"] = True
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        self.values.setdefault(msg["name"], msg["value"])
 
 
 def _freeze_as_buffer(module: nn.Module, name: str) -> None:

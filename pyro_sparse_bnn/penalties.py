@@ -140,6 +140,8 @@ class GroupLaplace(Prior):
     torch.Size([3, 1])
     """
 
+    can_tie = False  # its law depends on each layer's group size
+
     def __init__(self, scale: float = 1.0, *, groups: Groups = "out", centered: bool = False):
         super().__init__(groups=_check_groups(groups), centered=centered)
         self.register_buffer("scale", torch.tensor(_positive("scale", scale)))

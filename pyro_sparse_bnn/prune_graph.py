@@ -48,7 +48,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-__all__ = ["prune_graph", "silence_dead_norms"]
+__all__ = ["prune_graph", "shared_inputs", "silence_dead_norms"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -311,6 +311,49 @@ def silence_dead_norms(net: nn.Module, example_input: Tensor) -> nn.Module:
                 norm.weight[dead] = 0.0
                 norm.bias[dead] = 0.0
     return net
+
+
+def shared_inputs(net: nn.Module, example_input: Tensor) -> list[list[str]]:
+    """The layers that read the same channels, one list per channel group read by two or more:
+    the ``ties`` of a :class:`~pyro_sparse_bnn.SparseBNN` whose ``groups="in"`` prior should
+    switch a channel off in all of them at once (the layers after a residual addition).
+
+    Only ``Linear`` and ungrouped convolutions that read every channel of the group in order
+    count (not a layer reading a concatenation or a flattened feature map).
+
+    >>> class Residual(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         h = self.a(x)
+    ...         return self.head(h + self.b(torch.relu(h)))
+    >>> shared_inputs(Residual(), torch.randn(2, 4))
+    [['b', 'head']]
+    """
+    _check_arguments(net, example_input)
+    copied = _with_parameters(copy.deepcopy(net).eval())
+    graph = tp.DependencyGraph().build_dependency(copied, example_inputs=example_input)
+    names = {m: n for n, m in copied.named_modules()}
+    ties = []
+    for group in graph.get_all_groups(root_module_types=(nn.Linear, *_CONV, *_CONV_T)):
+        width = len(group[0].idxs)
+        readers = [
+            names[item.dep.target.module] for item in group
+            if graph.is_in_channel_pruning_fn(item.dep.handler)
+            and _reads_whole(item.dep.target.module, width)
+            and list(item.idxs) == list(item.root_idxs) == list(range(width))
+        ]  # fmt: skip
+        if len(readers) > 1:
+            ties.append(sorted(set(readers), key=list(names.values()).index))
+    return ties
+
+
+def _reads_whole(m: nn.Module, width: int) -> bool:
+    """Whether ``m`` is a Linear layer or an ungrouped convolution with ``width`` inputs."""
+    if isinstance(m, nn.Linear):
+        return m.in_features == width
+    return isinstance(m, _CONV) and m.groups == 1 and m.in_channels == width
 
 
 def _check_arguments(net: object, example_input: object) -> None:

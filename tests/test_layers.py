@@ -3,6 +3,8 @@ vectorised forward equals a loop over draws, normalisation layers follow torch's
 semantics with running statistics recomputed after the fit, and what the toolkit cannot treat is
 refused at construction."""
 
+import math
+
 import pyro
 import pytest
 import torch
@@ -93,6 +95,28 @@ def test_token_inputs():
         psb.fit(bnn, x.float(), y, epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"token ids in \[0, 20\)"):
         psb.fit(bnn, x + 5, y, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("prior", ["loguniform", "group"])
+def test_sparse_vd_removes_the_embeddings_of_tokens_never_seen(prior):
+    """Tokens 20-39 never occur: only the KL acts on their embedding rows, and its optimum under
+    the log-uniform prior (per weight, or one group variable per token row) is
+    ``log alpha -> inf``, so every unseen row is pruned (log alpha > 3). The label is
+    ``token < 10``: tokens whose rows are pruned all give one output, so at most one class's
+    ten rows can go, and the net still predicts every test token."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 20, (200, 1))
+    y = (x[:, 0] < 10).long()
+    law = (psb.priors.LogUniform() if prior == "loguniform"
+           else psb.priors.GroupLogUniform(groups="out"))  # fmt: skip
+    bnn = psb.SparseBNN(Tokens(vocabulary=40), law, psb.likelihoods.Categorical())
+    result = psb.fit(bnn, x[:150], y[:150], guide="sparse_vd", epochs=300, lr=0.03, seed=0,
+                     progress=False)  # fmt: skip
+    kept = result.masks(threshold=math.exp(-1.5))["embed.weight"]  # log alpha > 3
+    assert not kept[20:].any()
+    assert kept[:20].any(1).sum() >= 10
+    accuracy = (result.predict(x[150:])["probs"].argmax(-1) == y[150:]).float().mean()
+    assert accuracy == 1.0
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def _trainable_net(model: Any) -> nn.Module:
     if isinstance(model.likelihood, Gaussian) and model.likelihood.learn_noise:
         raise ValueError("penalised fits need a fixed-noise likelihood: use Gaussian(noise=...)")
     net = copy.deepcopy(model.net)
-    for layer in model.layer_names:
+    for layer in model.layer_names + model.norm_names:
         module = net.get_submodule(layer)
         buffers = dict(module.named_buffers(recurse=False))
         for name in (weight_name(module), *BIAS_PARAMS):

@@ -3,6 +3,7 @@ centred, or centred in a learned proportion per weight."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -72,11 +73,17 @@ class Prior(nn.Module):
 
     learns_centring = True
     """Whether ``centered="learned"`` applies (a latent mixing scale and this class's sampler)."""
+    can_tie = True
+    """Whether layers can share this prior's group variables (``SparseBNN(..., ties=...)``):
+    its latent group sites go through :meth:`_group_site`."""
 
     def __init__(self, *, groups: Groups = None, centered: Centring = False) -> None:
         super().__init__()
         self.groups = _check_groups(groups)
         self.centered = self._check_centring(centered)
+        self.tied: dict[str, str] = {}
+        """Weight site -> name of the group variables it shares with other weights (set by
+        ``SparseBNN(..., ties=...)`` on its own copy of the prior)."""
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
     def _check_centring(self, centered: Centring) -> Centring:
@@ -126,6 +133,26 @@ class Prior(nn.Module):
             return scale
         dim, block = self._group_axis()
         return scale.repeat_interleave(block, dim=dim - len(shape))
+
+    def group_site(self, name: str, kind: str) -> str:
+        """Name of the ``kind`` mixing site (``"local_scale"``, ``"variance"``, ...) of weight
+        ``name``: its own, or the one it shares with the weights tied to it."""
+        return f"{self.tied.get(name, name)}_{kind}"
+
+    def group_site_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of that site: :meth:`group_shape`, or one flat vector of groups if shared."""
+        group = self.group_shape(shape)
+        return (math.prod(group),) if name in self.tied else group
+
+    def _group_site(
+        self, name: str, kind: str, law: dist.TorchDistribution, shape: tuple[int, ...]
+    ) -> Tensor:
+        """Emit the ``kind`` mixing site of weight ``name`` (shape :meth:`group_shape`)."""
+        value = _mixing_site(self.group_site(name, kind), law, self.group_site_shape(name, shape))
+        if name not in self.tied:
+            return value
+        group = self.group_shape(shape)
+        return value.reshape(*value.shape[:-1], *group)
 
     def _const(self, value: float | Tensor) -> Tensor:
         return torch.as_tensor(value, dtype=self._zero.dtype, device=self._zero.device)

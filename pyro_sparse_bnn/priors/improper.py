@@ -99,9 +99,8 @@ class GroupLogUniform(Prior):
         super().__init__(groups=groups, centered=False)
 
     def mixing_scale(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        group = self.group_shape(shape)
-        law = distributions.LogUniform(group, device=self._zero.device, dtype=self._zero.dtype)
-        return pyro.sample(f"{name}_local_scale", law.to_event(len(group)))
+        law = distributions.LogUniform((), device=self._zero.device, dtype=self._zero.dtype)
+        return self._group_site(name, "local_scale", law, shape)
 
     def init_values(self, name: str, weight: Tensor) -> dict[str, Tensor]:
         """Start at ``z = 1`` and ``w_tilde = weight`` (the prior has no median to start from).
@@ -110,8 +109,9 @@ class GroupLogUniform(Prior):
         >>> sorted(GroupLogUniform().init_values("w", torch.ones(3, 2)))
         ['w_decentered', 'w_local_scale']
         """
-        shape = self.group_shape(tuple(weight.shape))
-        return {f"{name}_decentered": weight, f"{name}_local_scale": weight.new_ones(shape)}
+        shape = self.group_site_shape(name, tuple(weight.shape))
+        return {f"{name}_decentered": weight,
+                self.group_site(name, "local_scale"): weight.new_ones(shape)}  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"groups={self.groups!r}, centered=False"

@@ -86,6 +86,8 @@ class ScaLP(Prior):
     [[0.38984841108322144, 0.19492420554161072, 0.12994946539402008]]
     """
 
+    can_tie = False  # fixed scales: no latent group variable
+
     def __init__(
         self,
         profile: str = "inverse",

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..validation import check_number
-from .base import Centring, Groups, Prior, _mixing_site, _positive, _right_pad
+from .base import Centring, Groups, Prior, _positive, _right_pad
 
 __all__ = [
     "ARD",
@@ -54,7 +54,7 @@ class Laplace(Prior):
 
     def mixing_scale(self, name: str, shape: tuple[int, ...]) -> Tensor:
         rate = 0.5 / self.scale**2
-        variance = _mixing_site(f"{name}_variance", dist.Exponential(rate), self.group_shape(shape))
+        variance = self._group_site(name, "variance", dist.Exponential(rate), shape)
         return variance.sqrt()
 
     def extra_repr(self) -> str:
@@ -82,7 +82,7 @@ class StudentT(Prior):
 
     def mixing_scale(self, name: str, shape: tuple[int, ...]) -> Tensor:
         law = dist.InverseGamma(self.df / 2, self.df * self.scale**2 / 2)
-        return _mixing_site(f"{name}_variance", law, self.group_shape(shape)).sqrt()
+        return self._group_site(name, "variance", law, shape).sqrt()
 
     def extra_repr(self) -> str:
         return f"df={self.df.item():g}, scale={self.scale.item():g}, " + super().extra_repr()
@@ -106,7 +106,7 @@ class ARD(Prior):
 
     def mixing_scale(self, name: str, shape: tuple[int, ...]) -> Tensor:
         law = dist.Gamma(self.a0, self.b0)
-        return _mixing_site(f"{name}_precision", law, self.group_shape(shape)).rsqrt()
+        return self._group_site(name, "precision", law, shape).rsqrt()
 
     def extra_repr(self) -> str:
         return f"a0={self.a0.item():g}, b0={self.b0.item():g}, " + super().extra_repr()
@@ -132,9 +132,7 @@ class Horseshoe(Prior):
 
     def _local_and_global(self, name: str, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         tau = pyro.sample(f"{name}_global_scale", dist.HalfCauchy(self.global_scale))
-        local = _mixing_site(
-            f"{name}_local_scale", dist.HalfCauchy(self._const(1.0)), self.group_shape(shape)
-        )
+        local = self._group_site(name, "local_scale", dist.HalfCauchy(self._const(1.0)), shape)
         return local, _right_pad(tau, len(shape))
 
     def mixing_scale(self, name: str, shape: tuple[int, ...]) -> Tensor:
@@ -218,7 +216,7 @@ class SpikeAndSlab(Prior):
 
     def mixing_scale(self, name: str, shape: tuple[int, ...]) -> Tensor:
         law = dist.RelaxedBernoulli(self.temperature, probs=self.inclusion_prob)
-        gate = _mixing_site(f"{name}_gate", law, self.group_shape(shape))
+        gate = self._group_site(name, "gate", law, shape)
         return self.spike_scale + gate * (self.slab_scale - self.spike_scale)
 
     def extra_repr(self) -> str:
