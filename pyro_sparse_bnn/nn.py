@@ -23,6 +23,7 @@ torch.Size([5])
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -208,7 +209,7 @@ class SparseBNN(LocalParams, PyroModule):
         """Draw every Bayesian parameter from its prior (emitting the Pyro sites; a group
         variable tied layers share, once)."""
         params = {}
-        with _SampleOnce():
+        with _SampleOnce() if self.ties else contextlib.nullcontext():
             for layer, p, prior in self._sampled():
                 shape = getattr(self.net.get_submodule(layer), p).shape
                 params[_site(layer, p)] = prior.sample(_site(layer, p), shape)

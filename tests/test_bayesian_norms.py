@@ -50,6 +50,21 @@ def test_a_fitted_norm_posterior_is_what_the_deployed_network_uses():
     assert not net.training  # running statistics recomputed at the posterior mean
 
 
+def test_shrunk_scales_and_shifts_remove_their_channels():
+    """Bayesian network slimming: a horseshoe on the BatchNorm scales and shifts; the channels
+    whose scale and shift are both pruned go, and the smaller network computes the masked one."""
+    x, y = psb.datasets.load("iris")
+    result = psb.fit(bnn(psb.priors.Horseshoe(0.1)), x, y, method="svi", epochs=300, lr=0.05,
+                     seed=0, progress=False)  # fmt: skip
+    masks = result.masks(1.0)
+    dead = ~(masks["1.weight"] | masks["1.bias"])
+    assert 0 < int(dead.sum()) < 8
+    small = result.prune(1.0)
+    assert small[1].num_features <= 8 - int(dead.sum())
+    with torch.no_grad():
+        assert (small(x) - result.masked_network(1.0)(x)).abs().max() < 1e-5
+
+
 def test_penalised_fits_learn_the_norm_parameters():
     x, y = psb.datasets.load("iris")
     model = bnn()
