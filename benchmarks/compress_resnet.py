@@ -15,10 +15,13 @@ Methods, all for ``--epochs`` epochs of Adam at batch 100 with the learning rate
 first half and then linearly to zero:
 
 * ``dense``: the same network, point estimates (``fit(method="l1", l1=0)``);
-* ``group_sparsevd``: SVI with the group log-uniform prior per output channel
-  (``GroupLogUniform(groups="out")``) and the SparseVD guide;
-* ``group_horseshoe``: SVI with a horseshoe per output channel (``Horseshoe(groups="out")``) and
-  the SparseVD guide;
+* ``group_sparsevd``: SVI with the group log-uniform prior per input channel
+  (``GroupLogUniform(groups="in")``), one variable per channel shared by all the layers that read
+  it across a stage's residual additions (``ties=prune_graph.shared_inputs(net, x)``), and the
+  SparseVD guide (input side: a BatchNorm after a convolution would divide an output-side
+  variable away);
+* ``group_horseshoe``: the same with a horseshoe per input channel (``Horseshoe(groups="in")``,
+  the local scales tied the same way);
 * ``l0``: hard-concrete gates per output channel (``fit(method="l0")``).
 
 Each posterior is pruned at SparseVD's point ``log alpha > 3`` (SNR below ``exp(-1.5)``) and at
@@ -45,6 +48,7 @@ from torch import nn
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.priors import GroupLogUniform
+from pyro_sparse_bnn.prune_graph import shared_inputs
 from pyro_sparse_bnn.report import _flops, _latencies
 
 METHODS = ("dense", "group_sparsevd", "group_horseshoe", "l0")
@@ -103,10 +107,10 @@ def fit(method: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -
         return psb.fit(bnn, x, y, method="l0", lambdas=SETTINGS["l0_lambda"], lr=SETTINGS["lr"],
                        num_posterior_samples=2, **common)  # fmt: skip
     prior = {
-        "group_sparsevd": GroupLogUniform(groups="out"),
-        "group_horseshoe": psb.priors.Horseshoe(groups="out"),
+        "group_sparsevd": GroupLogUniform(groups="in"),
+        "group_horseshoe": psb.priors.Horseshoe(groups="in"),
     }[method]
-    bnn = psb.SparseBNN(net, prior, likelihood)
+    bnn = psb.SparseBNN(net, prior, likelihood, ties=shared_inputs(net, x[:2]))
     return psb.fit(bnn, x, y, method="svi", guide="sparse_vd", lr=SETTINGS["lr_vi"],
                    kl_warmup=max(1, epochs // 4), num_posterior_samples=5, **common)  # fmt: skip
 
