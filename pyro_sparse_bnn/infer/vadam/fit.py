@@ -103,8 +103,8 @@ def fit_vadam(
     ard: bool | ARDOptions = False,
     epochs: int = 100,
     batch_size: int | None = None,
-    lr: float = 1e-2,
-    lr_schedule: str = "constant",
+    lr: float | None = None,
+    lr_schedule: str | None = None,
     betas: tuple[float, float] = (0.9, 0.999),
     num_particles: int = 1,
     prior_precision: float | None = None,
@@ -134,14 +134,20 @@ def fit_vadam(
         ard: learn one prior precision per weight and prune by ``|mu| / sigma``: ``True`` or
             an :class:`ARDOptions` (update variant, Gamma hyperparameters).
         epochs: passes over the data; ``batch_size`` rows per step (default: full batch).
-        lr, betas: step size and moment decay rates of the VADAM and Adam updates.
+        lr, betas: step size and moment decay rates of the VADAM and Adam updates. ``lr=None``:
+            0.1 (IVON's default step) without ARD, 0.01 with ARD.
         lr_schedule: ``"constant"`` or ``"linear_decay"`` (constant for the first half of the
-            epochs, then linearly to 0), for both.
+            epochs, then linearly to 0), for both. ``None``: ``"linear_decay"`` (IVON's)
+            without ARD, ``"constant"`` with ARD.
         num_particles: ``K``, weight samples (model evaluations) per step.
         prior_precision: ``lambda`` (the initial ``psi`` with ``ard=True``). ``None`` takes each
             site's precision from a fixed Normal prior in the model, else 1.
-        prec_init: the posterior precision ``N s + lambda`` at the start (default: the prior
-            precision, so the first draws come from the prior); at least ``prior_precision``.
+        prec_init: the posterior precision ``N s + lambda`` at the start, at least
+            ``prior_precision``. ``None``: ``lambda + N / beta``, one unit of curvature per
+            example (IVON's ``hess_init=1``): the first draws stay near the initial network
+            instead of coming from the prior, whose spread a wide layer cannot take; ``s`` then
+            moves to the data's squared gradients over about ``1 / (1 - betas[1])`` steps.
+            Pass the prior precision to start at the prior, as published.
         per_example_grads: build ``s`` from per-example squared gradients (VOGN; correct at any
             batch size) instead of squared minibatch means (Vadam; correct at batch size 1, too
             wide posteriors for larger batches). ``None``: VOGN unless ``batch_size == 1`` or
@@ -185,6 +191,9 @@ def fit_vadam(
     if not isinstance(ard, bool | ARDOptions):
         raise TypeError(f"ard must be a bool or an ARDOptions, got {ard!r}")
     ard = ARDOptions() if ard is True else ard
+    if lr is None:
+        lr = 0.01 if ard else 0.1
+    lr_schedule = ("constant" if ard else "linear_decay") if lr_schedule is None else lr_schedule
     check_positive(lr, "lr")
     check_choice(lr_schedule, "lr_schedule", tuple(LR_SCHEDULES))
     _check_betas(betas)
@@ -225,9 +234,10 @@ def fit_vadam(
     )
     names, weights = problem.names, problem.weights
     groups = [
-        {"params": [weights[n]], "prior_precision": problem.precision[n], "prec_init": prec_init}
+        {"params": [weights[n]], "prior_precision": problem.precision[n],
+         "prec_init": _start_precision(prec_init, problem.precision[n], problem.num_data)}
         for n in names
-    ]
+    ]  # fmt: skip
     generator = torch.Generator(device=x.device).manual_seed(seed)
     common = {
         "num_data": problem.num_data,
@@ -297,6 +307,12 @@ def fit_vadam(
         generator=generator,
         info=info,
     )
+
+
+def _start_precision(prec_init: float | None, prior_precision: float, num_data: float) -> float:
+    """The posterior precision a site starts at: ``prec_init``, or one unit of curvature per
+    example above the prior precision."""
+    return float(prior_precision) + num_data if prec_init is None else prec_init
 
 
 def _per_example_step(opt: Vadam, closure: Callable[[], Tensor]) -> Tensor:
