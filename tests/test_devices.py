@@ -180,7 +180,7 @@ def _conjugate(device):
     [
         ("nuts", {"num_chains": 2, "num_samples": 300, "warmup": 200}),
         ("sgld", {"step_size": 1e-4, "num_chains": 20, "warmup": 2000, "num_samples": 500}),
-        ("vadam", {"epochs": 600, "lr": 0.03}),
+        ("vadam", {"epochs": 600}),  # its defaults: lr 0.1, decaying
         ("ivon", {"epochs": 600, "beta2": 0.99}),  # a Hessian that learns (docs/ivon.md)
         (
             "svi",
