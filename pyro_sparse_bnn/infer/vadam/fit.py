@@ -143,11 +143,13 @@ def fit_vadam(
         prior_precision: ``lambda`` (the initial ``psi`` with ``ard=True``). ``None`` takes each
             site's precision from a fixed Normal prior in the model, else 1.
         prec_init: the posterior precision ``N s + lambda`` at the start, at least
-            ``prior_precision``. ``None``: ``lambda + N / beta``, one unit of curvature per
-            example (IVON's ``hess_init=1``): the first draws stay near the initial network
-            instead of coming from the prior, whose spread a wide layer cannot take; ``s`` then
-            moves to the data's squared gradients over about ``1 / (1 - betas[1])`` steps.
-            Pass the prior precision to start at the prior, as published.
+            ``prior_precision``. ``None``: without ARD ``lambda + N / beta``, one unit of
+            curvature per example (IVON's ``hess_init=1``): the first draws stay near the
+            initial network instead of coming from the prior, whose spread a wide layer cannot
+            take; ``s`` then moves to the data's squared gradients over about
+            ``1 / (1 - betas[1])`` steps. With ARD the prior precision, as published: the first
+            precision updates ``psi = 1 / (mu^2 + sigma^2)`` then see the prior's spread, not a
+            narrow start that would prune hard from the first step (docs/vadam.md).
         per_example_grads: build ``s`` from per-example squared gradients (VOGN; correct at any
             batch size) instead of squared minibatch means (Vadam; correct at batch size 1, too
             wide posteriors for larger batches). ``None``: VOGN unless ``batch_size == 1`` or
@@ -235,7 +237,7 @@ def fit_vadam(
     names, weights = problem.names, problem.weights
     groups = [
         {"params": [weights[n]], "prior_precision": problem.precision[n],
-         "prec_init": _start_precision(prec_init, problem.precision[n], problem.num_data)}
+         "prec_init": _start_precision(prec_init, problem.precision[n], problem.num_data, ard)}
         for n in names
     ]  # fmt: skip
     generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -309,10 +311,14 @@ def fit_vadam(
     )
 
 
-def _start_precision(prec_init: float | None, prior_precision: float, num_data: float) -> float:
-    """The posterior precision a site starts at: ``prec_init``, or one unit of curvature per
-    example above the prior precision."""
-    return float(prior_precision) + num_data if prec_init is None else prec_init
+def _start_precision(
+    prec_init: float | None, prior_precision: float, num_data: float, ard: bool
+) -> float | None:
+    """The posterior precision a site starts at: ``prec_init``; by default, without ARD, one
+    unit of curvature per example above the prior precision, with ARD the prior's (``None``)."""
+    if prec_init is not None or ard:
+        return prec_init
+    return float(prior_precision) + num_data
 
 
 def _per_example_step(opt: Vadam, closure: Callable[[], Tensor]) -> Tensor:
