@@ -172,7 +172,7 @@ def fit_vadam(
     >>> import pyro_sparse_bnn as psb
     >>> X, y = psb.datasets.load("iris")
     >>> bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
-    >>> result = fit_vadam(bnn, X, y, epochs=300, lr=0.05, progress=False)
+    >>> result = fit_vadam(bnn, X, y, epochs=1000, progress=False)
     >>> result.evaluate(X, y)["accuracy"] > 0.9
     True
     >>> sorted(result.info["sigma"])
