@@ -64,6 +64,26 @@ def test_mean_field_svi_reaches_closed_form_optimum(batch_size):
     assert ((draws.mean(0) - mean).abs() < 4 * scale / draws.shape[0] ** 0.5).all()
 
 
+def test_tempered_svi_reaches_the_tempered_optimum():
+    """``kl_weight=beta`` minimises ``E_q[NLL] + beta KL``, whose optimum is proportional to
+    ``prior * likelihood^(1 / beta)``: for the conjugate problem a Gaussian of precision
+    ``A = X^T X / (noise^2 beta) + I``, and mean-field reaches ``N(A^-1 X^T y / (noise^2 beta),
+    1 / diag(A))``. Same tolerances as the untempered check (means 2 %, variances 10 %)."""
+    x, y, _, _ = conjugate_problem()
+    beta, noise = 3.0, 0.5
+    precision = x.T @ x / (noise**2 * beta) + torch.eye(3, dtype=torch.float64)
+    mean = torch.linalg.solve(precision, x.T @ y / (noise**2 * beta))
+    model = linear_model(psb.priors.Normal(1.0).double(), noise=noise)
+    result = psb.fit(model, x, y, epochs=600, num_particles=8, lr=0.01, kl_weight=beta,
+                     lr_schedule="linear_decay", progress=False)  # fmt: skip
+    loc, scale = result.guide.locs.w.detach(), result.guide.scales.w.detach()
+    assert torch.allclose(loc, mean, rtol=0.02, atol=0.0)
+    assert torch.allclose(scale**2, 1 / precision.diagonal(), rtol=0.10)
+    assert result.info["kl_weight"] == beta
+    with pytest.raises(ValueError, match="kl_weight"):
+        psb.fit(model, x, y, epochs=1, kl_weight=0.0, progress=False)
+
+
 def sparse_problem():
     x, y, beta = psb.datasets.sparse_regression(n=200, p=50, n_nonzero=5, seed=0)
     # Piironen & Vehtari's global scale: p0 / (D - p0) * sigma / sqrt(n) with p0 = 5 expected.

@@ -28,7 +28,8 @@ from ..validation import (
     check_positive_int,
     check_xy,
 )
-from .loop import LR_SCHEDULES, LoopOptions, check_step, kl_weight, lr_scheduler
+from .loop import LR_SCHEDULES, LoopOptions, check_step, lr_scheduler
+from .loop import kl_weight as warmup_weight  # `kl_weight` is fit_svi's tempering option
 from .result import FitResult
 from .traced_elbo import TracedELBO
 
@@ -90,6 +91,7 @@ def fit_svi(
     num_particles: int = 1,
     elbo: str = "mean_field",
     kl_warmup: int | None = None,
+    kl_weight: float = 1.0,
     num_posterior_samples: int = 200,
     seed: int = 0,
     progress: bool = True,
@@ -114,6 +116,11 @@ def fit_svi(
             last epochs run at full weight, so the fit ends on the ELBO. Without a warm-up,
             shrinkage priors can settle in the optimum that explains all data as noise (a
             mean-field horseshoe with p > n: every coefficient at zero).
+        kl_weight: ``beta`` of the tempered objective ``E_q[NLL] + beta KL(q || prior)`` (the
+            warm-up scales it too), as in ``vadam`` and ``ivon``: its optimum is
+            ``q ∝ prior * likelihood^(1 / beta)``. 1 (the default) is the ELBO; above 1 the
+            prior weighs more (sparser fits, the role of L1's ``lambda``). The loss history is
+            then the tempered objective.
         num_posterior_samples: guide draws stored in the result.
         progress, callback, checkpoint, checkpoint_every, resume: the training loop's
             (:class:`~pyro_sparse_bnn.infer.loop.LoopOptions`): a progress bar, a per-epoch
@@ -162,6 +169,7 @@ def fit_svi(
         num_posterior_samples=num_posterior_samples,
         guide=guide,
     )
+    check_positive(kl_weight, "kl_weight")
     check_seed(seed)
     check_graph(graph)
     loop = LoopOptions(
@@ -190,7 +198,7 @@ def fit_svi(
     order = torch.Generator().manual_seed(seed)
 
     def epoch(e: int) -> float:
-        beta = kl_weight(e, kl_warmup)
+        beta = kl_weight * warmup_weight(e, kl_warmup)
         total = 0.0
         for idx in torch.randperm(n, generator=order).to(x.device).split(batch_size):
             loss = step(x[idx], y[idx], observed=1 / len(idx), latent=beta / n)  # per row
@@ -203,6 +211,7 @@ def fit_svi(
     parts = {"model": model, "guide": guide, "optimizer": optimizer, "scheduler": scheduler}
     info = loop.run(epoch, parts=parts, generators={"order": order})
     info["seconds"] = time.perf_counter() - start
+    info["kl_weight"] = kl_weight
     draws = draw(model, guide, x[:1], num_posterior_samples)
     return FitResult(model, draws, method="svi", x=x, y=y, info=info, guide=guide)
 
