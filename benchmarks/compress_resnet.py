@@ -20,6 +20,8 @@ first half and then linearly to zero:
   it across a stage's residual additions (``ties=prune_graph.shared_inputs(net, x)``), and the
   SparseVD guide (input side: a BatchNorm after a convolution would divide an output-side
   variable away);
+* ``group_sparsevd_kl10`` / ``group_sparsevd_kl30``: the same, tempered: the KL weighs 10 or
+  30 times more (``fit(..., kl_weight=...)``, the role of a larger L1 ``lambda``);
 * ``group_horseshoe``: the same with a horseshoe per input channel (``Horseshoe(groups="in")``,
   the local scales tied the same way);
 * ``l0``: hard-concrete gates per output channel (``fit(method="l0")``).
@@ -51,7 +53,11 @@ from pyro_sparse_bnn.priors import GroupLogUniform
 from pyro_sparse_bnn.prune_graph import shared_inputs
 from pyro_sparse_bnn.report import _flops, _latencies
 
-METHODS = ("dense", "group_sparsevd", "group_horseshoe", "l0")
+METHODS = ("dense", "group_sparsevd", "group_sparsevd_kl10", "group_sparsevd_kl30",
+           "group_horseshoe", "l0")  # fmt: skip
+KL_WEIGHTS = {"group_sparsevd_kl10": 10.0, "group_sparsevd_kl30": 30.0}
+"""Tempered group SparseVD (``fit(..., kl_weight=beta)``): the KL weighs ``beta`` times more,
+as a larger ``lambda`` does for L1."""
 SETTINGS = {"batch_size": 100, "lr": 1e-3, "lr_vi": 3e-3, "l0_lambda": 1.0}
 COLUMNS = ["method", "seed", "threshold", "test_error", "flop_reduction", "speedup_256",
            "channels"]  # fmt: skip
@@ -106,13 +112,12 @@ def fit(method: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -
         bnn = psb.SparseBNN(net, psb.priors.Normal(), likelihood)
         return psb.fit(bnn, x, y, method="l0", lambdas=SETTINGS["l0_lambda"], lr=SETTINGS["lr"],
                        num_posterior_samples=2, **common)  # fmt: skip
-    prior = {
-        "group_sparsevd": GroupLogUniform(groups="in"),
-        "group_horseshoe": psb.priors.Horseshoe(groups="in"),
-    }[method]
+    horseshoe = method == "group_horseshoe"
+    prior = psb.priors.Horseshoe(groups="in") if horseshoe else GroupLogUniform(groups="in")
     bnn = psb.SparseBNN(net, prior, likelihood, ties=shared_inputs(net, x[:2]))
     return psb.fit(bnn, x, y, method="svi", guide="sparse_vd", lr=SETTINGS["lr_vi"],
-                   kl_warmup=max(1, epochs // 4), num_posterior_samples=5, **common)  # fmt: skip
+                   kl_warmup=max(1, epochs // 4), kl_weight=KL_WEIGHTS.get(method, 1.0),
+                   num_posterior_samples=5, **common)  # fmt: skip
 
 
 def error(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
