@@ -46,8 +46,8 @@ Methods (``METHODS``), every fit seeded with ``FIT_SEED``:
   learned with the guide, Gorinova, Moore & Hoffman 2020).
 * ``nuts_reg_horseshoe`` on every problem; ``nuts_horseshoe``, ``nuts_laplace``,
   ``nuts_student_t`` on the small ones (at most 40 weights), as the reference posteriors of the SVI
-  rows with the same prior: ``fit(method="nuts")``, 4 chains x (300 warm-up + 300 draws), target
-  acceptance 0.95, compiled leapfrog steps.
+  rows with the same prior: ``fit(method="nuts")``, 4 chains x (1000 warm-up + 1000 draws, the
+  defaults of ``fit``), target acceptance 0.95, compiled leapfrog steps.
 * ``sgld_sa``, ``sgld_sa_pruned``: ``fit(method="sgld_sa")`` (the SSGL prior replaces the model's),
   4 chains, step ``0.1 / n * k^(-1/3)`` (large_p_small_n.py's at n = 100), 4000 burn-in + 200 x 10
   iterations, weights started at 0; ``_pruned`` adds ``pruning=InclusionPruning()``.
@@ -403,7 +403,7 @@ class Budget:
     draws: int
 
 
-FULL = Budget(1500, 300, 4000, 200, 10, 3000, 500)
+FULL = Budget(1500, 1000, 4000, 200, 10, 3000, 500)  # NUTS: fit()'s default warm-up and draws
 QUICK = Budget(300, 60, 500, 50, 4, 300, 200)
 
 
