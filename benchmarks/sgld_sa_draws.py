@@ -8,7 +8,8 @@ correlation 0.8 (the paper: 100, 1000, 0.6), noise variance 2 (the paper: 3), be
 0, ...); data seeds 10, 11, ... Each fit is the paper's SGLD-SA (SSGL prior v0 = 0.1, v1 = 10,
 a = 1, b = p, nu = lambda = 1; SGLD step 1e-3 k^(-1/3); 8 chains, 4000 burn-in iterations, 200
 draws thinned by 20). ``pruned`` adds ``pruning=InclusionPruning()``: at the end of warm-up the
-weights that every chain excludes (rho <= 0.5) are zeroed.
+weights that every chain excludes (rho <= 0.5) are zeroed, unless their late warm-up
+states stay away from zero (undecided).
 
 Reported per fit: the SA noise estimate sigma per chain against the truth sqrt(2), the true and
 false variables in the median-probability model (chain-averaged rho > 0.5) and the test MSE of

@@ -233,8 +233,42 @@ def test_inclusion_pruning_is_a_consensus_of_the_chains():
     )  # fmt: skip
     masks = fit.info["masks"]["w"]
     assert (masks == masks[:1]).all()
-    assert masks[:, :2].all() and masks.sum(1).max() < 20
+    assert masks[:, :2].all() and masks.sum(1).max() < 30
     assert ((fit.info["sigma"] / 2.0**0.5 - 1).abs() < 0.2).all()
+
+
+def weak_signals(seed: int, n: int = 100, p: int = 20) -> tuple[torch.Tensor, ...]:
+    """Toeplitz(0.5) design, five weak coefficients (0.25-0.75), unit noise; 1000 test rows."""
+    g = torch.Generator().manual_seed(seed)
+    lags = (torch.arange(p)[:, None] - torch.arange(p)).abs().double()
+    chol = torch.linalg.cholesky(0.5**lags).float()
+    beta = torch.zeros(p)
+    beta[[0, 4, 8, 12, 16]] = torch.tensor([0.25, -0.375, 0.5, -0.625, 0.75])
+    X = torch.randn(n + 1000, p, generator=g) @ chol.T
+    y = X @ beta + torch.randn(n + 1000, generator=g)
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_inclusion_pruning_keeps_weak_signals_the_chains_still_use(seed):
+    """Weak signals (n = 100, p = 20): at the end of warm-up the SSGL mixing weight has
+    collapsed and every chain puts every weight in the spike, so the inclusion rule alone
+    pruned all of them (0-1 weights kept on these seeds, test MSE 1.8-2.4 against 1.1-1.35
+    unpruned). Weights whose late warm-up states stay away from zero (``|mean| > sd``) are
+    undecided and stay: the pruned posterior predicts as well as the unpruned one and keeps
+    the three strongest signals."""
+    X, y, X_test, y_test = weak_signals(seed)
+    options = dict(
+        step_size=PolynomialDecay(0.1 / 100, power=1 / 3), num_samples=100, warmup=4000,
+        thin=5, num_chains=4, init={"w": torch.zeros(20)}, seed=0, progress=False,
+    )  # fmt: skip
+    mse = {}
+    for pruning in (None, InclusionPruning()):
+        fit = psb.fit(ssgl_linear_model, X, y, method="sgld_sa", pruning=pruning, **options)
+        mse[pruning is None] = float(((fit.predict(X_test)["mean"] - y_test) ** 2).mean())
+    masks = fit.info["masks"]["w"]
+    assert (masks == masks[:1]).all() and masks[0, [8, 12, 16]].all()
+    assert mse[False] < 1.05 * mse[True]
 
 
 def ssgl_logistic_model(x, y=None):

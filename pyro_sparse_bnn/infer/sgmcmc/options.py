@@ -116,9 +116,11 @@ class MagnitudePruning:
 @dataclass(frozen=True)
 class InclusionPruning:
     """From the end of warm-up, zero in every chain the weights whose SSGL inclusion
-    probability ``rho`` is at most ``threshold`` in every chain (a weight any chain includes stays);
-    in the classification form only as many as keep the PSIS-LOO predictive of the last quarter
-    of warm-up within the default budget of ``FitResult.masks``."""
+    probability ``rho`` is at most ``threshold`` in every chain (a weight any chain includes
+    stays), unless their inclusion is undecided: in the regression form a weight whose late
+    warm-up states stay away from zero (``|mean| > sd``) stays; in the classification form as
+    many stay as keep the PSIS-LOO predictive of the last quarter of warm-up within the default
+    budget of ``FitResult.masks``."""
 
     threshold: float = 0.5
 

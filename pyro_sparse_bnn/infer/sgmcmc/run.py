@@ -187,29 +187,33 @@ class _Run:
     def _inclusion_masks(self, names: list[str], threshold: float) -> dict[str, Tensor]:
         """Keep-masks ``(chain, ...)`` at the end of warm-up.
 
-        A weight that any chain includes (``rho > threshold``) stays in every chain. In the
-        regression form the spike's scale is ``v0`` noise sds and the others go. In the
-        classification form ``sigma`` grows with the weights themselves, so a weight in the
-        spike need not be near zero: of the others, ranked by ``|mean| / sd`` over the late
-        warm-up states of all chains, the fewest stay whose PSIS-LOO predictive over those
-        states holds within the default budget of
-        :func:`~pyro_sparse_bnn.sparsity.budget_masks`.
+        A weight that any chain includes (``rho > threshold``) stays in every chain. A weight in
+        the spike is not yet negligible when its inclusion is undecided: SSGL's mixing weight
+        can have collapsed by the end of warm-up, leaving even clear signals in the spike, and
+        in the classification form ``sigma`` grows with the weights themselves. The spike
+        weights are ranked by ``|mean| / sd`` over the late warm-up states of all chains. In the
+        regression form those above 1 stay (the chains still use them). In the classification
+        form the fewest stay whose PSIS-LOO predictive over those states holds within the
+        default budget of :func:`~pyro_sparse_bnn.sparsity.budget_masks` (in the regression
+        form that check would keep nearly everything when ``p > n``: zeroing a weight that the
+        others were fitted around is not the refit the chains do after pruning).
         """
         rho = dict(zip(names, self._split(self.ssgl.rho), strict=True))
         included = {n: inclusion_mask(rho[n], threshold).any(0) for n in names}
         states = {n: torch.stack(v, dim=1) for n, v in self.late_states.items()}
         self.late_states = {}
-        if self.layout.noise is None:
+        scores = {n: torch.where(included[n], torch.inf, relevance(states[n])) for n in names}
+        if self.layout.noise is not None:
+            kept = {n: scores[n] > 1.0 for n in names}
+        else:
             for name in self.layout.fixed:
                 shape = self.layout.shapes[name]
                 states[name] = self.layout.init[name].expand(*states[names[0]].shape[:2], *shape)
-            scores = {n: torch.where(included[n], torch.inf, relevance(states[n])) for n in names}
             late = FitResult(self.model, states, method="warmup", x=self.x, y=self.y)
             kept = budget_masks(
                 scores, lambda keep: late._losses(self.x, self.y, keep or {}, loo=True)
             )
-            included = {n: kept[n] | included[n] for n in names}
-        return {n: included[n].expand_as(rho[n]) for n in names}
+        return {n: (kept[n] | included[n]).expand_as(rho[n]) for n in names}
 
     @property
     def work(self) -> int:
@@ -285,7 +289,7 @@ class _Run:
                 if regression:
                     self.noise = self.ssgl.sigma
             late = 0 < warmup - k <= LATE_STATES * late_every and (warmup - k) % late_every == 0
-            if isinstance(pruning, InclusionPruning) and layout.noise is None and late:
+            if isinstance(pruning, InclusionPruning) and late:
                 self._record_late_state()
             if k > warmup and (k - warmup) % thin == 0:
                 self._pending = self._snapshot(k)
