@@ -84,6 +84,18 @@ def score(
     }
 
 
+def any_network_options(settings: dict, epochs: int, seed: int) -> dict[str, Any]:
+    """The options every fit of compress_resnet.py and compress_transformer.py shares."""
+    return dict(epochs=epochs, batch_size=settings["batch_size"], lr_schedule="linear_decay",
+                seed=seed, progress=False)  # fmt: skip
+
+
+def fit_dense(net: nn.Module, x: Tensor, y: Tensor, lr: float, **options: Any) -> psb.FitResult:
+    """The dense twin: the same network and steps, trained by Adam with no penalty."""
+    bnn = psb.SparseBNN(net, psb.priors.Normal(), psb.likelihoods.Categorical())
+    return psb.fit(bnn, x, y, method="l1", l1=0.0, lr=lr, **options)
+
+
 def _svi_fit(bnn, x, y, settings: dict, guide: str = "sparse_vd") -> psb.FitResult:
     return psb.fit(
         bnn,

@@ -45,7 +45,7 @@ import time
 
 import torch
 from _common import RESULTS, print_table, write_results
-from _compress import SPARSE_VD_SNR, THRESHOLDS
+from _compress import SPARSE_VD_SNR, THRESHOLDS, any_network_options, fit_dense
 from torch import nn
 
 import pyro_sparse_bnn as psb
@@ -102,12 +102,10 @@ class ResNet20(nn.Module):
 def fit(method: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> psb.FitResult:
     torch.manual_seed(seed)
     net = ResNet20()
-    common = dict(epochs=epochs, batch_size=SETTINGS["batch_size"], lr_schedule="linear_decay",
-                  seed=seed, progress=False)  # fmt: skip
+    common = any_network_options(SETTINGS, epochs, seed)
     likelihood = psb.likelihoods.Categorical()
     if method == "dense":
-        bnn = psb.SparseBNN(net, psb.priors.Normal(), likelihood)
-        return psb.fit(bnn, x, y, method="l1", l1=0.0, lr=SETTINGS["lr"], **common)
+        return fit_dense(net, x, y, SETTINGS["lr"], **common)
     if method == "l0":
         bnn = psb.SparseBNN(net, psb.priors.Normal(), likelihood)
         return psb.fit(bnn, x, y, method="l0", lambdas=SETTINGS["l0_lambda"], lr=SETTINGS["lr"],

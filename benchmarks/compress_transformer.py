@@ -39,7 +39,7 @@ import time
 
 import torch
 from _common import print_table, write_results
-from _compress import SPARSE_VD_SNR, THRESHOLDS
+from _compress import SPARSE_VD_SNR, THRESHOLDS, any_network_options, fit_dense
 from torch import nn
 
 import pyro_sparse_bnn as psb
@@ -85,14 +85,11 @@ def priors(family: type) -> dict:
 def fit(method: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> psb.FitResult:
     torch.manual_seed(seed)
     net = TokenEncoder()
-    common = dict(epochs=epochs, batch_size=SETTINGS["batch_size"], lr_schedule="linear_decay",
-                  seed=seed, progress=False)  # fmt: skip
-    likelihood = psb.likelihoods.Categorical()
+    common = any_network_options(SETTINGS, epochs, seed)
     if method == "dense":
-        bnn = psb.SparseBNN(net, psb.priors.Normal(), likelihood)
-        return psb.fit(bnn, x, y, method="l1", l1=0.0, lr=SETTINGS["lr"], **common)
+        return fit_dense(net, x, y, SETTINGS["lr"], **common)
     family = {"group_sparsevd": GroupLogUniform, "group_horseshoe": psb.priors.Horseshoe}[method]
-    bnn = psb.SparseBNN(net, priors(family), likelihood)
+    bnn = psb.SparseBNN(net, priors(family), psb.likelihoods.Categorical())
     return psb.fit(bnn, x, y, method="svi", guide="sparse_vd", lr=SETTINGS["lr_vi"],
                    kl_warmup=max(1, epochs // 10), num_posterior_samples=5, **common)  # fmt: skip
 
