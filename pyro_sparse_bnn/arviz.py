@@ -41,7 +41,7 @@ __all__ = [
 
 Arrays = Mapping[str, np.ndarray]
 
-VARIATIONAL_METHODS = ("svi", "vadam")
+VARIATIONAL_METHODS = ("svi", "vadam", "ivon")
 """``FitResult.method`` values whose draws come from an approximate (variational) posterior."""
 
 
