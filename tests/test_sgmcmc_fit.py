@@ -263,12 +263,12 @@ def test_inclusion_pruning_keeps_weak_signals_the_chains_still_use(seed):
         thin=5, num_chains=4, init={"w": torch.zeros(20)}, seed=0, progress=False,
     )  # fmt: skip
     mse = {}
-    for pruning in (None, InclusionPruning()):
+    for name, pruning in (("unpruned", None), ("pruned", InclusionPruning())):
         fit = psb.fit(ssgl_linear_model, X, y, method="sgld_sa", pruning=pruning, **options)
-        mse[pruning is None] = float(((fit.predict(X_test)["mean"] - y_test) ** 2).mean())
+        mse[name] = float(((fit.predict(X_test)["mean"] - y_test) ** 2).mean())
     masks = fit.info["masks"]["w"]
     assert (masks == masks[:1]).all() and masks[0, [8, 12, 16]].all()
-    assert mse[False] < 1.05 * mse[True]
+    assert mse["pruned"] < 1.05 * mse["unpruned"]
 
 
 def ssgl_logistic_model(x, y=None):
