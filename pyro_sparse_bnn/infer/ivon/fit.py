@@ -24,9 +24,10 @@ from ...validation import (
     check_positive,
 )
 from ..loop import LR_SCHEDULES, LoopOptions
-from ..perturbation.training import check_common, gaussian_result, read_problem, train
+from ..perturbation.training import Problem, check_common, gaussian_result, read_problem, train
 from ..result import FitResult
 from .optimizer import IVON, IVONARD
+from .step_size import stable_lr
 
 
 @isolated
@@ -39,7 +40,7 @@ def fit_ivon(
     ard_warmup: int | None = None,
     epochs: int = 100,
     batch_size: int | None = None,
-    lr: float = 0.1,
+    lr: float | None = None,
     lr_schedule: str = "linear_decay",
     point_lr: float = 0.01,
     hess_init: float = 1.0,
@@ -72,7 +73,10 @@ def fit_ivon(
         ard_warmup: epochs of plain IVON before the precisions are learned (default: a
             quarter of ``epochs``; :class:`~pyro_sparse_bnn.infer.ivon.IVONARD` says why).
         epochs, batch_size: passes over the data and rows per step (default: full batch).
-        lr: IVON's step size (scaled by ``hess_init + delta`` as in ``ivon-opt``).
+        lr: IVON's step size (scaled by ``hess_init + delta`` as in ``ivon-opt``). The default
+            is 0.1, lowered to ``1 / lambda`` where the mean minibatch NLL's largest Hessian
+            eigenvalue ``lambda`` at the start needs it
+            (:func:`~pyro_sparse_bnn.infer.ivon.step_size.stable_lr`: correlated inputs).
         lr_schedule: ``"linear_decay"`` (constant for the first half of the epochs, then
             linearly to 0, so the means settle) or ``"constant"``; it scales ``point_lr`` too.
         point_lr: the Adam step size of the point estimates.
@@ -91,7 +95,8 @@ def fit_ivon(
             (:class:`~pyro_sparse_bnn.infer.loop.LoopOptions`).
 
     ``result.info`` holds ``mu``, ``sigma``, ``relevance`` and ``prior_precision`` per weight
-    site, ``point_estimates``, ``history``, ``seconds``, ``epochs_run`` and the ``optimizer``.
+    site, ``point_estimates``, ``history``, ``seconds``, ``epochs_run``, the ``lr`` used and the
+    ``optimizer``.
 
     >>> import pyro_sparse_bnn as psb
     >>> X, y = psb.datasets.load("iris")
@@ -116,7 +121,8 @@ def fit_ivon(
     if ard_warmup is None:
         ard_warmup = epochs // 4
     check_nonnegative(ard_warmup, "ard_warmup", integer=True)
-    check_positive(lr, "lr")
+    if lr is not None:
+        check_positive(lr, "lr")
     check_positive(point_lr, "point_lr")
     check_choice(lr_schedule, "lr_schedule", tuple(LR_SCHEDULES))
     check_positive(hess_init, "hess_init")
@@ -143,6 +149,8 @@ def fit_ivon(
         seed=seed,
     )
     ess = problem.num_data
+    if lr is None:
+        lr = _default_lr(problem, batch_size, seed)
     common = {"lr": lr, "ess": ess, "hess_init": hess_init, "beta1": beta1, "beta2": beta2}
     names = problem.names
     groups = [
@@ -201,5 +209,16 @@ def fit_ivon(
         ard=ard,
         num_posterior_samples=num_posterior_samples,
         generator=generator,
-        info={"kl_weight": kl_weight, **run, "optimizer": opt},
+        info={"kl_weight": kl_weight, "lr": lr, **run, "optimizer": opt},
+    )
+
+
+def _default_lr(problem: Problem, batch_size: int, seed: int) -> float:
+    """:func:`stable_lr` on one seeded minibatch at the initial weights."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(problem.x.shape[0], generator=generator)[:batch_size]
+    x, y = problem.x[rows.to(problem.x.device)], problem.y[rows.to(problem.x.device)]
+    weights = problem.weights
+    return stable_lr(
+        lambda: problem.nll(weights, x, y).mean(), list(weights.values()), generator=generator
     )
