@@ -35,6 +35,9 @@ from .traced_elbo import TracedELBO
 
 __all__ = ["check_svi_options", "fit_svi"]
 
+TRACE_FROM_STEPS = 200
+"""``fit_svi(graph=None)`` traces fits of at least this many steps (docs/architecture.md)."""
+
 ELBOS = {
     "mean_field": MeanFieldELBO,
     "trace": Trace_ELBO,
@@ -99,7 +102,7 @@ def fit_svi(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 10,
     resume: str | os.PathLike | None = None,
-    graph: str = "eager",
+    graph: str | None = None,
     centered: Centring | None = None,
 ) -> FitResult:
     """Fit ``model`` by maximising the ELBO with Adam over minibatches.
@@ -126,14 +129,17 @@ def fit_svi(
             (:class:`~pyro_sparse_bnn.infer.loop.LoopOptions`): a progress bar, a per-epoch
             ``callback(epoch, loss)`` that stops the fit by returning ``True``, atomic
             checkpoints and exact resume.
-        graph: ``"eager"`` (default) runs the model and guide under Pyro's handlers each step;
+        graph: ``"eager"`` runs the model and guide under Pyro's handlers each step;
             ``"traced"`` replays each step from a graph of tensor operations traced once per
             minibatch shape (:class:`~pyro_sparse_bnn.infer.traced_elbo.TracedELBO`): the same
             loss and gradients, 1.5-2x faster steps, Adam fused (one kernel per parameter);
             steps that cannot be traced run eagerly with a warning. ``"compiled"`` also
             compiles each graph with ``torch.compile`` (Inductor fuses the elementwise work;
             costs seconds to a minute per minibatch shape, worth it for long fits of large
-            layers). Every method's ``graph``: :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`.
+            layers). ``None`` (default): ``"traced"`` when the fit takes at least
+            :data:`TRACE_FROM_STEPS` optimiser steps (tracing and checking a graph costs
+            about as much as 100 eager steps), else ``"eager"``; ``result.info["graph"]``
+            says which. Every method's ``graph``: :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`.
 
         centered: ``None`` keeps each prior's own parameterisation; ``True``, ``False`` or
             ``"learned"`` sets it on every scale-mixture prior of the fitted copy of an
@@ -171,6 +177,9 @@ def fit_svi(
     )
     check_positive(kl_weight, "kl_weight")
     check_seed(seed)
+    if graph is None:
+        steps = epochs * -(-n // batch_size)
+        graph = "traced" if steps >= TRACE_FROM_STEPS else "eager"
     check_graph(graph)
     loop = LoopOptions(
         epochs,
@@ -212,6 +221,7 @@ def fit_svi(
     info = loop.run(epoch, parts=parts, generators={"order": order})
     info["seconds"] = time.perf_counter() - start
     info["kl_weight"] = kl_weight
+    info["graph"] = graph
     draws = draw(model, guide, x[:1], num_posterior_samples)
     return FitResult(model, draws, method="svi", x=x, y=y, info=info, guide=guide)
 
