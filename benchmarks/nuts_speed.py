@@ -12,7 +12,7 @@ NumPyro's default ``uniform(-2, 2)`` in unconstrained space; one thread each
 * ``psbnn``: ``fit_mcmc(graph="compiled")``, 4 chains x (500 warm-up + 500 draws), all chains
   batched in lockstep in one process;
 * ``numpyro``: NumPyro's NUTS, 4 chains x (500 + 500), ``chain_method="sequential"`` (one CPU
-  device), skipped if NumPyro is not installed;
+  device), skipped if NumPyro is not installed (``pip install -e ".[benchmarks]"``);
 * ``stock_pyro``: ``fit_mcmc(backend="pyro")`` (Pyro's NUTS kernel), far too slow for the full
   run here: 1 chain x (100 + 100), reported with those settings.
 

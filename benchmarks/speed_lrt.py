@@ -159,9 +159,7 @@ def main() -> None:
         "lrt": svi_step(normal, "mean_field", lrt, x, y, n, graph="traced"),
         "lrt_compiled": svi_step(normal, "mean_field", lrt, x, y, n, graph="compiled"),
         "lrt_sparsevd": svi_step(log_uniform, "sparse_vd", lrt, x, y, n, graph="traced"),
-        "lrt_sparsevd_compiled": svi_step(
-            log_uniform, "sparse_vd", lrt, x, y, n, graph="compiled"
-        ),
+        "lrt_sparsevd_compiled": svi_step(log_uniform, "sparse_vd", lrt, x, y, n, graph="compiled"),
         "lrt_eager": svi_step(normal, "mean_field", lrt, x, y, n, graph="eager"),
         "naive": svi_step(normal, "mean_field", naive, x, y, n, graph="eager"),
         "naive_traced": svi_step(normal, "mean_field", naive, x, y, n, graph="traced"),
