@@ -271,3 +271,13 @@ def test_conv_net_with_max_pool_traces(recwarn) -> None:
     step(x, y, observed=1.0, latent=1.0)
     assert step._graphs[_key(x, y)] is not None
     assert not [w for w in recwarn if "traced SVI step" in str(w.message)]
+
+
+def test_svi_traces_by_default_from_200_steps(iris) -> None:
+    """``graph=None``: eager below ``TRACE_FROM_STEPS`` optimiser steps (tracing costs about 100
+    eager steps), traced from there on; 150 rows in batches of 64 take 3 steps per epoch."""
+    torch.manual_seed(0)
+    bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
+    options = {"method": "svi", "batch_size": 64, "progress": False, "num_posterior_samples": 2}
+    graphs = [psb.fit(bnn, *iris, epochs=e, **options).info["graph"] for e in (66, 67)]
+    assert graphs == ["eager", "traced"]
