@@ -340,3 +340,37 @@ def test_default_step_is_stable_on_correlated_inputs(seed: int) -> None:
             assert ((mean - exact).abs() / A.inverse().diagonal().sqrt()).max() < 1.0
     assert mses[0] <= 1.1 * exact_mse
     assert mses[1] > 100 * exact_mse  # what the fixed default of 0.1 did
+
+
+class _OnceDifferentiableHalf(torch.autograd.Function):
+    """``x / 2`` whose backward has no derivative of its own (no double backward)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x / 2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad / 2
+
+
+def test_default_step_without_a_second_derivative_is_the_plain_default() -> None:
+    """Where torch cannot differentiate the NLL twice, the curvature is unknown and the default
+    step stays 0.1 (the fit runs as before the cap)."""
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x: Tensor, y: Tensor | None = None) -> None:
+        prior = dist.Normal(0.0, 1.0).expand([3]).to_event(1)
+        w = pyro.sample("w", prior, infer={"psb_weight": True})
+        mean = _OnceDifferentiableHalf.apply(x @ w)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal(mean, 1.0), obs=y)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=g)
+    y = x @ torch.tensor([0.5, 0.0, -0.5]) + 0.1 * torch.randn(50, generator=g)
+    fit = psb.fit(model, x, y, method="ivon", epochs=20, progress=False)
+    assert fit.info["lr"] == 0.1
+    assert fit.info["mu"]["w"].isfinite().all()

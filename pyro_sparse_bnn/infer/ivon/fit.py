@@ -27,7 +27,7 @@ from ..loop import LR_SCHEDULES, LoopOptions
 from ..perturbation.training import Problem, check_common, gaussian_result, read_problem, train
 from ..result import FitResult
 from .optimizer import IVON, IVONARD
-from .step_size import stable_lr
+from .step_size import DEFAULT_LR, stable_lr
 
 
 @isolated
@@ -214,11 +214,15 @@ def fit_ivon(
 
 
 def _default_lr(problem: Problem, batch_size: int, seed: int) -> float:
-    """:func:`stable_lr` on one seeded minibatch at the initial weights."""
+    """:func:`stable_lr` on one seeded minibatch at the initial weights; ``DEFAULT_LR`` where
+    the NLL has no second derivative in torch (an operation without double backward)."""
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randperm(problem.x.shape[0], generator=generator)[:batch_size]
     x, y = problem.x[rows.to(problem.x.device)], problem.y[rows.to(problem.x.device)]
     weights = problem.weights
-    return stable_lr(
-        lambda: problem.nll(weights, x, y).mean(), list(weights.values()), generator=generator
-    )
+    try:
+        return stable_lr(
+            lambda: problem.nll(weights, x, y).mean(), list(weights.values()), generator=generator
+        )
+    except (RuntimeError, NotImplementedError):
+        return DEFAULT_LR
