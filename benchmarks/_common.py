@@ -17,10 +17,6 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-STORED_SVI_GRAPH = "eager"
-"""``graph`` of the SVI fits of benchmarks whose stored results predate ``fit``'s traced default
-(pareto_iris, scalp_width, sparse_lstm, vadam_vs_bbb): the same loss and gradients, a different
-rounding; their reruns on the default are pending."""
 _PACKAGES = ("torch", "pyro-ppl", "arviz", "numpy", "pyro-sparse-bnn")
 
 

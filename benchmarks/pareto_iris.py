@@ -51,7 +51,7 @@ from collections.abc import Callable
 import _pareto
 import pandas as pd
 import torch
-from _common import RESULTS, STORED_SVI_GRAPH, print_table, write_results
+from _common import RESULTS, print_table, write_results
 from torch import Tensor, nn
 
 import pyro_sparse_bnn as psb
@@ -160,7 +160,7 @@ def run_horseshoe(seed: int, epochs: int, data: Data) -> list[dict]:
     bnn = psb.SparseBNN(network(seed), prior, psb.likelihoods.Categorical(), bias_prior=prior)
     result = psb.fit(
         bnn, x, y, method="svi", epochs=epochs, lr=0.02, seed=seed,
-        num_posterior_samples=DRAWS, progress=False, graph=STORED_SVI_GRAPH,
+        num_posterior_samples=DRAWS, progress=False,
     )  # fmt: skip
     return bayesian_sweep("horseshoe_svi", "tau0=1,mean_field,lr=0.02", seed, result, data)
 
@@ -172,7 +172,6 @@ def run_sparse_vd(seed: int, epochs: int, data: Data) -> list[dict]:
     result = psb.fit(
         bnn, x, y, method="svi", guide="sparse_vd", epochs=epochs, lr=0.01,
         kl_warmup=epochs // 5, seed=seed, num_posterior_samples=DRAWS, progress=False,
-        graph=STORED_SVI_GRAPH,
     )  # fmt: skip
     return bayesian_sweep("sparse_vd", "log_uniform,lr=0.01,warmup", seed, result, data)
 

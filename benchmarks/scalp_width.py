@@ -35,7 +35,7 @@ import statistics
 import time
 
 import torch
-from _common import STORED_SVI_GRAPH, print_table, write_results
+from _common import print_table, write_results
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.penalties import Penalty, glorot_factor, glorot_penalties, penalty_priors
@@ -96,7 +96,7 @@ def run_width(method: str, width: int, seed: int, epochs: int, data: tuple) -> d
     start = time.perf_counter()
     result = psb.fit(bnn, x, y, method="svi", guide="map", epochs=epochs, batch_size=128,
                      lr=0.01, kl_warmup=0, seed=seed, progress=False,
-                     num_posterior_samples=1, graph=STORED_SVI_GRAPH)  # fmt: skip
+                     num_posterior_samples=1)  # fmt: skip
     seconds = time.perf_counter() - start
     pruned, _ = scalp_prune(result, THRESHOLD, sites=["2.weight"])
     with torch.no_grad():

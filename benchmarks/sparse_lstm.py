@@ -33,7 +33,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import STORED_SVI_GRAPH, print_table, write_results
+from _common import print_table, write_results
 from torch import nn
 
 import pyro_sparse_bnn as psb
@@ -106,7 +106,7 @@ def run_sparse_vd(seed: int, epochs: int, data: tuple, structured: bool) -> dict
     result = psb.fit(
         bnn, x, y, method="svi", guide="sparse_vd", epochs=epochs, batch_size=100, lr=1e-2,
         lr_schedule="linear_decay", kl_warmup=max(1, epochs // 2), num_posterior_samples=50,
-        seed=seed, progress=False, graph=STORED_SVI_GRAPH,
+        seed=seed, progress=False,
     )  # fmt: skip
     stats = result.compression(SNR_THRESHOLD)
     small = result.prune(SNR_THRESHOLD)

@@ -33,7 +33,7 @@ import statistics
 import time
 
 import torch
-from _common import STORED_SVI_GRAPH, print_table, write_results
+from _common import print_table, write_results
 
 import pyro_sparse_bnn as psb
 
@@ -57,14 +57,7 @@ def run(method: str, seed: int, epochs: int, data: tuple) -> dict:
     start = time.perf_counter()
     if method.startswith("bbb"):
         result = psb.fit(  # Bayes by backprop as published: no KL warm-up
-            make_model(seed),
-            x,
-            y,
-            method="svi",
-            batch_size=batch,
-            kl_warmup=0,
-            graph=STORED_SVI_GRAPH,
-            **common,
+            make_model(seed), x, y, method="svi", batch_size=batch, kl_warmup=0, **common
         )
     else:
         result = psb.fit(make_model(seed), x, y, method="vadam", batch_size=batch,
