@@ -1,6 +1,7 @@
 """NUTS speed on sparse BNNs: Pyro's stock NUTS, this package's fast path, and NumPyro.
 
     python benchmarks/nuts_speed.py [--quick] [--skip-stock] [--skip-numpyro]
+                                    [--models iris converging]
 
 Model (all three methods): iris train split (112 rows), a 4-8(ReLU)-3 network, non-centred
 Horseshoe(0.1) weights (``w = z * lambda * tau``), Normal(0, 1) biases, Categorical likelihood;
@@ -22,9 +23,27 @@ time; ``leapfrogs_per_s`` counts gradient evaluations of all chains (warm-up inc
 A second model for scale: digits (1347 rows) 64-100-10, 14,120 dimensions, ``psbnn`` only with a
 short run (trees capped at depth 6), and the per-gradient cost of Pyro's potential on it.
 
+Converging models (``--models converging``; ``--models iris`` runs the part above): two sparse
+linear models on which both samplers mix, so ESS per CPU second decides something. Both samplers
+run the same hand-written model, a non-centred regularised horseshoe (global scale
+``p0 / (p - p0) * s / sqrt(n)`` with ``p0 = 3`` and ``s`` 2 for logits, 1 for the standardised
+regression; slab ``InverseGamma(2, 2 * 2^2)``, local ``HalfCauchy(1)``, intercept ``N(0, 5)``,
+regression noise ``HalfNormal(1)``): ``breast_cancer_logistic_rhs`` (30 features, 427 rows) and
+``diabetes_linear_rhs`` (10 features, 331 rows), 4 chains, target acceptance 0.95, uniform
+initialisation, seeds 0-2; ``psbnn`` is ``fit_mcmc`` at its defaults (batched chains, traced
+potential), ``numpyro`` NumPyro's NUTS with sequential chains. Each (model, sampler, seed) runs
+twice from the same seed, with 500 warm-up iterations and 250 or 500 draws: the second run's
+extra leapfrogs over its extra CPU time is ``gradients_per_cpu_s_steady`` (compilation and
+warm-up cancel), and ``fixed_seconds`` is the CPU time the longer run spent beyond its leapfrogs
+at that rate (compiling, tracing, set-up). ESS, R-hat and divergences are the longer run's;
+``min_ess_per_cpu_s`` divides its min bulk ESS by its CPU seconds (``time.process_time``: every
+thread of the process).
+
 Writes benchmarks/results/nuts_speed.json (rows: model, method, chains, warmup, samples,
 max_tree_depth, seconds, min_ess_bulk, min_ess_per_s, max_rhat, divergences, leapfrogs,
-leapfrogs_per_s, ess_per_s_vs_stock, note).
+leapfrogs_per_s, ess_per_s_vs_stock, note; converging rows: seed, cpu_seconds,
+gradients_per_cpu_s_steady, fixed_seconds, min_ess_per_cpu_s). A run of one part keeps the
+stored rows of the other.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
+import json
 import os
 import time
 from collections.abc import Callable
@@ -39,7 +59,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import print_table, write_results
+from _common import RESULTS, print_table, write_results
 
 import pyro_sparse_bnn as psb
 from pyro_sparse_bnn.infer.mcmc import fit_mcmc
@@ -53,6 +73,10 @@ GLOBAL_SCALE = 0.1
 COLUMNS = [
     "model", "method", "chains", "warmup", "samples", "seconds", "min_ess_bulk", "min_ess_per_s",
     "max_rhat", "divergences", "leapfrogs_per_s", "ess_per_s_vs_stock",
+]  # fmt: skip
+CONVERGING_COLUMNS = [
+    "model", "method", "seed", "cpu_seconds", "min_ess_bulk", "max_rhat", "divergences",
+    "gradients_per_cpu_s_steady", "fixed_seconds", "min_ess_per_cpu_s",
 ]  # fmt: skip
 
 
@@ -193,13 +217,132 @@ def pyro_gradient_seconds(sizes: list[int], x, y, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a few iterations of everything")
-    parser.add_argument("--skip-stock", action="store_true", help="leave out stock Pyro")
-    parser.add_argument("--skip-numpyro", action="store_true", help="leave out NumPyro")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+# -- converging models: the same regularised-horseshoe linear model in both samplers --------------
+
+CONVERGING = {"breast_cancer_logistic_rhs": "breast_cancer", "diabetes_linear_rhs": "diabetes"}
+CONVERGING_SEEDS = (0, 1, 2)
+P0, SLAB_SCALE, TARGET_ACCEPT = 3, 2.0, 0.95
+
+
+def global_scale(x: torch.Tensor, logistic: bool) -> float:
+    n, p = x.shape
+    return P0 / (p - P0) * (2.0 if logistic else 1.0) / n**0.5
+
+
+def pyro_rhs(tau0: float, logistic: bool) -> Callable:
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        p = x.shape[1]
+        tau = pyro.sample("tau", dist.HalfCauchy(x.new_tensor(tau0)))
+        lam = pyro.sample("lam", dist.HalfCauchy(x.new_ones(p)).to_event(1))
+        c2 = pyro.sample("c2", dist.InverseGamma(x.new_tensor(2.0), 2.0 * SLAB_SCALE**2))
+        z = pyro.sample("z", dist.Normal(x.new_zeros(p), 1.0).to_event(1))
+        b = pyro.sample("b", dist.Normal(x.new_tensor(0.0), 5.0))
+        f = x @ (z * tau * (c2 * lam**2 / (c2 + tau**2 * lam**2)).sqrt()) + b
+        if logistic:
+            likelihood = dist.Bernoulli(logits=f)
+        else:
+            likelihood = dist.Normal(f, pyro.sample("sigma", dist.HalfNormal(x.new_tensor(1.0))))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", likelihood, obs=y)
+
+    return model
+
+
+def numpyro_rhs(tau0: float, logistic: bool) -> Callable:
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as nd
+
+    def model(x: Any, y: Any) -> None:
+        p = x.shape[1]
+        tau = numpyro.sample("tau", nd.HalfCauchy(tau0))
+        lam = numpyro.sample("lam", nd.HalfCauchy(jnp.ones(p)).to_event(1))
+        c2 = numpyro.sample("c2", nd.InverseGamma(2.0, 2.0 * SLAB_SCALE**2))
+        z = numpyro.sample("z", nd.Normal(jnp.zeros(p), 1.0).to_event(1))
+        b = numpyro.sample("b", nd.Normal(0.0, 5.0))
+        f = x @ (z * tau * jnp.sqrt(c2 * lam**2 / (c2 + tau**2 * lam**2))) + b
+        if logistic:
+            likelihood = nd.Bernoulli(logits=f)
+        else:
+            likelihood = nd.Normal(f, numpyro.sample("sigma", nd.HalfNormal(1.0)))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", likelihood, obs=y)
+
+    return model
+
+
+def sample_psbnn(model: Callable, x, y, samples: int, seed: int) -> dict:
+    start = time.process_time()
+    fit = fit_mcmc(
+        model, x, y, num_chains=4, warmup=500, num_samples=samples, init="uniform",
+        target_accept=TARGET_ACCEPT, seed=seed, progress=False,
+    )  # fmt: skip
+    return {
+        "cpu_seconds": time.process_time() - start,
+        "leapfrogs": int(fit.info["leapfrog_steps"].sum()),
+        "divergences": fit.info["divergences"],
+        "draws": {k: v.numpy() for k, v in fit.samples.items()},
+    }
+
+
+def sample_numpyro(model: Callable, x, y, samples: int, seed: int) -> dict:
+    import jax
+    from numpyro.infer import MCMC, NUTS, init_to_uniform
+
+    start = time.process_time()
+    kernel = NUTS(model, target_accept_prob=TARGET_ACCEPT, init_strategy=init_to_uniform)
+    mcmc = MCMC(kernel, num_warmup=500, num_samples=samples, num_chains=4,
+                chain_method="sequential", progress_bar=False)  # fmt: skip
+    xj, yj = jax.numpy.asarray(x.numpy()), jax.numpy.asarray(y.numpy())
+    mcmc.warmup(jax.random.PRNGKey(seed), xj, yj, extra_fields=("num_steps",), collect_warmup=True)
+    warm = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    mcmc.run(mcmc.post_warmup_state.rng_key, xj, yj, extra_fields=("num_steps", "diverging"))
+    extra = mcmc.get_extra_fields()
+    return {
+        "cpu_seconds": time.process_time() - start,
+        "leapfrogs": warm + int(np.asarray(extra["num_steps"]).sum()),
+        "divergences": int(np.asarray(extra["diverging"]).sum()),
+        "draws": {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()},
+    }
+
+
+def converging_rows(quick: bool, numpyro: bool) -> list[dict]:
+    samplers = {"psbnn": (sample_psbnn, pyro_rhs)}
+    if numpyro:
+        samplers["numpyro"] = (sample_numpyro, numpyro_rhs)
+    short, long = (50, 100) if quick else (250, 500)
+    rows = []
+    for name, data in CONVERGING.items():
+        logistic = data == "breast_cancer"
+        x, y = psb.datasets.load(data, split="train", seed=SEED)
+        y = y.float() if logistic else y
+        tau0 = global_scale(x, logistic)
+        for method, (sample, build) in samplers.items():
+            for seed in CONVERGING_SEEDS[:1] if quick else CONVERGING_SEEDS:
+                first = sample(build(tau0, logistic), x, y, short, seed)
+                second = sample(build(tau0, logistic), x, y, long, seed)
+                rate = (second["leapfrogs"] - first["leapfrogs"]) / (
+                    second["cpu_seconds"] - first["cpu_seconds"]
+                )
+                row = {
+                    "model": name, "method": method, "seed": seed, "chains": 4, "warmup": 500,
+                    "samples": long, "cpu_seconds": second["cpu_seconds"],
+                    "leapfrogs": second["leapfrogs"], "divergences": second["divergences"],
+                    "gradients_per_cpu_s_steady": rate,
+                    "fixed_seconds": second["cpu_seconds"] - second["leapfrogs"] / rate,
+                    **diagnostics(second["draws"]),
+                }  # fmt: skip
+                row["min_ess_per_cpu_s"] = row["min_ess_bulk"] / row["cpu_seconds"]
+                rows.append(row)
+                print(f"{name} {method} seed {seed}: {row['cpu_seconds']:.0f} CPU s", flush=True)
+    return rows
+
+
+def iris_rows(args: argparse.Namespace) -> list[dict]:
+    """The iris horseshoe BNN (stock Pyro, psbnn, NumPyro) and the digits net for scale."""
     quick = args.quick
     x, y = psb.datasets.load("iris", split="train", seed=SEED)
     sizes = [4, 8, 3]
@@ -213,11 +356,9 @@ def main() -> None:
                      **stock})  # fmt: skip
     fast = run_psbnn(sizes, x, y, chains, warmup, samples, depth=10)
     rows.append({**base, "chains": chains, "warmup": warmup, "samples": samples, **fast})
-    if not args.skip_numpyro and importlib.util.find_spec("numpyro") is not None:
+    if has_numpyro(args):
         rows.append({**base, "chains": chains, "warmup": warmup, "samples": samples,
                      **run_numpyro(sizes, x, y, chains, warmup, samples)})  # fmt: skip
-    else:
-        print("NumPyro not installed (pip install numpyro jax jaxlib): skipped")
     for row in rows:
         row["min_ess_per_s"] = row["min_ess_bulk"] / row["seconds"]
     if not args.skip_stock:
@@ -233,10 +374,43 @@ def main() -> None:
     row["pyro_gradient_ms"] = 1e3 * pyro_gradient_seconds(digits, xd, yd, 3 if quick else 20)
     row["note"] = "short run for scale: not converged; compare the gradient throughput"
     rows.append(row)
-    print_table(rows, COLUMNS)
+    return rows
+
+
+def has_numpyro(args: argparse.Namespace) -> bool:
+    if args.skip_numpyro:
+        return False
+    if importlib.util.find_spec("numpyro") is None:
+        print('NumPyro not installed (pip install -e ".[benchmarks]"): skipped')
+        return False
+    return True
+
+
+PARTS = {"iris": iris_rows, "converging": lambda a: converging_rows(a.quick, has_numpyro(a))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few iterations of everything")
+    parser.add_argument("--skip-stock", action="store_true", help="leave out stock Pyro")
+    parser.add_argument("--skip-numpyro", action="store_true", help="leave out NumPyro")
+    parser.add_argument("--models", nargs="+", choices=list(PARTS), default=list(PARTS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = [row for part in args.models for row in PARTS[part](args)]
+    stored = RESULTS / "nuts_speed.json"
+    if not args.quick and stored.exists():  # keep the stored rows of the parts not rerun
+        converging = set(CONVERGING)
+        for row in json.loads(stored.read_text())["rows"]:
+            part = "converging" if row["model"] in converging else "iris"
+            if part not in args.models:
+                rows.append(row)
+    print_table([r for r in rows if r["model"] not in CONVERGING], COLUMNS)
+    print_table([r for r in rows if r["model"] in CONVERGING], CONVERGING_COLUMNS)
     path = write_results(
-        "nuts_speed", rows, seed=SEED, split="iris/digits train (datasets.load, seed 0)",
-        threads=1, quick=quick,
+        "nuts_speed_quick" if args.quick else "nuts_speed", rows, seed=SEED,
+        split="datasets.load(..., split='train', seed=0)", threads=1, quick=args.quick,
+        models=args.models,
     )  # fmt: skip
     print(f"wrote {path}")
 

@@ -365,8 +365,10 @@ def _priors_per_layer(prior: Prior | Mapping[str, Prior], names: list[str]) -> d
 def _tie(priors: dict[str, Prior], ties: object, layers: dict[str, nn.Module]) -> dict[str, Prior]:
     """``priors`` with the layers of each tie sharing their group variables (sites ``tie<i>_...``),
     on copies of the priors involved; a ValueError/TypeError for a tie that cannot be."""
-    if isinstance(ties, str) or not isinstance(ties, Sequence) or any(
-        isinstance(t, str) or not isinstance(t, Sequence) for t in ties
+    if (
+        isinstance(ties, str)
+        or not isinstance(ties, Sequence)
+        or any(isinstance(t, str) or not isinstance(t, Sequence) for t in ties)
     ):
         raise TypeError(f"ties must be a list of lists of layer names, got {ties!r}")
     seen: set[str] = set()
@@ -382,8 +384,10 @@ def _tie(priors: dict[str, Prior], ties: object, layers: dict[str, nn.Module]) -
         if any(priors[n] is not prior for n in tie):
             raise ValueError(f"ties: the layers {list(tie)} must share one prior object")
         if prior.groups is None or not type(prior).can_tie:
-            raise ValueError(f"ties: {prior!r} has no latent group variables to share; use a "
-                             "group prior such as GroupLogUniform() or Horseshoe(groups='in')")
+            raise ValueError(
+                f"ties: {prior!r} has no latent group variables to share; use a "
+                "group prior such as GroupLogUniform() or Horseshoe(groups='in')"
+            )
         counts = {n: math.prod(prior.group_shape(_weight_shape(layers[n]))) for n in tie}
         if len(set(counts.values())) > 1:
             raise ValueError(f"ties: the layers of a tie must have as many groups each under "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 
@@ -273,11 +274,26 @@ def test_conv_net_with_max_pool_traces(recwarn) -> None:
     assert not [w for w in recwarn if "traced SVI step" in str(w.message)]
 
 
-def test_svi_traces_by_default_from_200_steps(iris) -> None:
-    """``graph=None``: eager below ``TRACE_FROM_STEPS`` optimiser steps (tracing costs about 100
-    eager steps), traced from there on; 150 rows in batches of 64 take 3 steps per epoch."""
+@pytest.mark.parametrize(
+    ("eager_s", "graph_s", "expected"), [(2.0, 1.0, "traced"), (1.0, 2.0, "eager")]
+)
+def test_svi_default_times_long_fits_both_ways(iris, monkeypatch, eager_s, graph_s, expected):
+    """``graph=None``: a fit below ``TRACE_FROM_STEPS`` optimiser steps runs eagerly (150 rows in
+    batches of 64: 3 steps per epoch); a longer one times its first steps of each minibatch
+    shape eagerly and from the graph and keeps the faster (a clock that makes each eager step
+    take ``eager_s`` and each replay ``graph_s``). Where the graph wins, the fit takes exactly
+    the traced fit's steps (the graph's results are the step's while timing)."""
+    clock = itertools.cycle([0.0, eager_s, 0.0, graph_s])  # eager start/end, graph start/end
+    monkeypatch.setattr(traced_elbo, "_clock", lambda x: next(clock))
     torch.manual_seed(0)
     bnn = psb.SparseBNN(psb.mlp([4, 3]), psb.priors.Normal(), psb.likelihoods.Categorical())
-    options = {"method": "svi", "batch_size": 64, "progress": False, "num_posterior_samples": 2}
-    graphs = [psb.fit(bnn, *iris, epochs=e, **options).info["graph"] for e in (66, 67)]
-    assert graphs == ["eager", "traced"]
+    options = {"method": "svi", "batch_size": 64, "seed": 1, "progress": False}
+    short = psb.fit(bnn, *iris, epochs=66, **options)
+    assert short.info["graph"] == "eager"
+    fits = {g: psb.fit(bnn, *iris, epochs=67, graph=g, **options) for g in (None, "traced")}
+    assert fits[None].info["graph"] == expected
+    if expected == "traced":  # every step replayed: the traced fit's exact steps
+        assert fits[None].info["history"] == fits["traced"].info["history"]
+    else:
+        np.testing.assert_allclose(fits[None].info["history"], fits["traced"].info["history"],
+                                   rtol=1e-4)  # fmt: skip

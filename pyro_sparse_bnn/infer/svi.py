@@ -136,10 +136,12 @@ def fit_svi(
             steps that cannot be traced run eagerly with a warning. ``"compiled"`` also
             compiles each graph with ``torch.compile`` (Inductor fuses the elementwise work;
             costs seconds to a minute per minibatch shape, worth it for long fits of large
-            layers). ``None`` (default): ``"traced"`` when the fit takes at least
-            :data:`TRACE_FROM_STEPS` optimiser steps (tracing and checking a graph costs
-            about as much as 100 eager steps), else ``"eager"``; ``result.info["graph"]``
-            says which. Every method's ``graph``: :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`.
+            layers). ``None`` (default): for a fit of at least :data:`TRACE_FROM_STEPS`
+            optimiser steps (tracing and checking a graph costs about as much as 100 eager
+            steps) the step is traced, timed against the eager step on its first few steps,
+            and the faster one is kept (``TracedELBO``'s ``"auto"``); shorter fits run eagerly.
+            ``result.info["graph"]`` says which ran. Every method's ``graph``:
+            :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`.
 
         centered: ``None`` keeps each prior's own parameterisation; ``True``, ``False`` or
             ``"learned"`` sets it on every scale-mixture prior of the fitted copy of an
@@ -179,8 +181,9 @@ def fit_svi(
     check_seed(seed)
     if graph is None:
         steps = epochs * -(-n // batch_size)
-        graph = "traced" if steps >= TRACE_FROM_STEPS else "eager"
-    check_graph(graph)
+        chosen = "auto" if steps >= TRACE_FROM_STEPS else "eager"
+    else:
+        chosen = check_graph(graph)
     loop = LoopOptions(
         epochs,
         progress,
@@ -200,10 +203,10 @@ def fit_svi(
     start = time.perf_counter()
     guide(x[:batch_size], y[:batch_size])
     params = list({id(p): p for m in (model, guide) for p in _parameters(m)}.values())
-    optimizer = torch.optim.Adam(params, lr=lr, fused=graph != "eager")  # one kernel per parameter
+    optimizer = torch.optim.Adam(params, lr=lr, fused=chosen != "eager")  # one kernel per parameter
     scheduler = lr_scheduler(optimizer, lr_schedule, epochs)
     loss_fn = ELBOS[elbo](num_particles=num_particles).differentiable_loss
-    step = TracedELBO(loss_fn, model, guide, params, graph=graph)
+    step = TracedELBO(loss_fn, model, guide, params, graph=chosen)
     order = torch.Generator().manual_seed(seed)
 
     def epoch(e: int) -> float:
@@ -221,7 +224,7 @@ def fit_svi(
     info = loop.run(epoch, parts=parts, generators={"order": order})
     info["seconds"] = time.perf_counter() - start
     info["kl_weight"] = kl_weight
-    info["graph"] = graph
+    info["graph"] = ("traced" if step.replays else "eager") if chosen == "auto" else chosen
     draws = draw(model, guide, x[:1], num_posterior_samples)
     return FitResult(model, draws, method="svi", x=x, y=y, info=info, guide=guide)
 

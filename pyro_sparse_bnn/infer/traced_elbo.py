@@ -40,6 +40,8 @@ check, is replayed uncompiled, with a warning.
 
 from __future__ import annotations
 
+import statistics
+import time
 import warnings
 from collections.abc import Callable
 
@@ -50,11 +52,13 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..dtypes import float_dtype
 from ..handlers import ScaleSites
-from ..validation import check_graph
+from ..validation import GRAPH_MODES, check_graph
 from .graph_simplify import simplify_graph
 
 __all__ = ["TracedELBO"]
 
+AUTO_PROBES = 6
+"""``graph="auto"`` times this many steps of a minibatch shape both ways before it chooses."""
 LossFn = Callable[..., Tensor]
 Graph = Callable[..., list[Tensor]]  # (*params, x, y, observed, latent) -> [loss, *grads]
 
@@ -67,7 +71,11 @@ class TracedELBO:
         model, guide: the Pyro model and guide (already run once, so their parameters exist).
         params: the parameters to differentiate; their ``.grad`` is set by each call.
         graph: ``"traced"``; ``"eager"`` runs every step eagerly (same results, no tracing);
-            ``"compiled"`` also compiles each graph with Inductor.
+            ``"compiled"`` also compiles each graph with Inductor; ``"auto"`` traces, times
+            each minibatch shape's first :data:`AUTO_PROBES` steps both ways (the graph's
+            result is the step's) and keeps the faster: a graph of many small operations, such
+            as a recurrent net unrolled over time, can replay slower than torch's fused eager
+            kernels.
 
     Calling it returns the loss (detached) and leaves the gradients in ``p.grad``.
     """
@@ -81,12 +89,19 @@ class TracedELBO:
         *,
         graph: str = "traced",
     ) -> None:
-        check_graph(graph)
+        check_graph(graph, (*GRAPH_MODES, "auto"))
         self.loss_fn, self.model, self.guide = loss_fn, model, guide
         self.params = list(params)
         self.traced, self.compiled = graph != "eager", graph == "compiled"
+        self.auto = graph == "auto"
         self._graphs: dict[tuple, Graph | None] = {}
         self._unchecked: dict[tuple, tuple[Tensor, Tensor]] = {}  # the data each was traced on
+        self._timings: dict[tuple, tuple[list[float], list[float]]] = {}  # auto: graph, eager
+
+    @property
+    def replays(self) -> bool:
+        """Whether some minibatch shape's steps are replayed from a graph."""
+        return any(graph is not None for graph in self._graphs.values())
 
     def __call__(self, x: Tensor, y: Tensor, *, observed: float, latent: float) -> Tensor:
         dtype = float_dtype(x)
@@ -94,11 +109,33 @@ class TracedELBO:
         graph = self._graph(x, y, scales) if self.traced else None
         if graph is None:
             loss, *grads = self._eager(x, y, *scales)
+        elif self.auto and _key(x, y) in self._timings:
+            loss, *grads = self._timed(graph, x, y, scales)
         else:
             loss, *grads = graph(*self.params, x, y, *scales)
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g
         return loss
+
+    def _timed(self, graph: Graph, x: Tensor, y: Tensor, scales: list[Tensor]) -> list[Tensor]:
+        """``graph="auto"``: the step from the graph, timed against the same step run eagerly
+        (from the same random state, its result discarded); after :data:`AUTO_PROBES` steps the
+        faster of the two runs this minibatch shape from then on."""
+        key = _key(x, y)
+        on_graph, on_eager = self._timings[key]
+        with torch.random.fork_rng(devices=_devices(x)):
+            start = _clock(x)
+            self._eager(x, y, *scales)
+            on_eager.append(_clock(x) - start)
+        start = _clock(x)
+        result = graph(*self.params, x, y, *scales)
+        on_graph.append(_clock(x) - start)
+        if len(on_graph) > AUTO_PROBES:  # the first of each pays one-time costs
+            del self._timings[key]
+            if statistics.median(on_graph[1:]) >= statistics.median(on_eager[1:]):
+                self._graphs[key] = None
+                self._unchecked.pop(key, None)
+        return result
 
     def _eager(self, x: Tensor, y: Tensor, observed: Tensor, latent: Tensor) -> list[Tensor]:
         with torch.enable_grad():
@@ -114,11 +151,13 @@ class TracedELBO:
         """The graph for this minibatch shape: traced and checked on first use, checked again
         on the first minibatch with other data (values the trace read from the data would show
         there); ``None`` once a check fails."""
-        key = (x.shape, y.shape, x.dtype, y.dtype, x.device)
+        key = _key(x, y)
         if key not in self._graphs:
             self._graphs[key] = graph = self._trace(x, y, scales)
             if graph is not None:
                 self._unchecked[key] = (x.clone(), y.clone())
+                if self.auto:
+                    self._timings[key] = ([], [])
         elif key in self._unchecked and not all(map(torch.equal, self._unchecked[key], (x, y))):
             del self._unchecked[key]
             if not self._matches(self._graphs[key], x, y, scales):
@@ -184,6 +223,17 @@ class TracedELBO:
         tol = 1e-4 if x.dtype == torch.float32 else 1e-9
         pairs = zip(expected, got, strict=True)
         return all(torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in pairs)
+
+
+def _key(x: Tensor, y: Tensor) -> tuple:
+    return (x.shape, y.shape, x.dtype, y.dtype, x.device)
+
+
+def _clock(x: Tensor) -> float:
+    """Wall time after the device's queued work (a CUDA step returns before it has run)."""
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter()
 
 
 def _warn(what: str) -> None:

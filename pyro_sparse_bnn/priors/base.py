@@ -38,8 +38,14 @@ def _check_groups(groups: object) -> Groups:
     """``groups`` if it is ``None``, ``"in"``, ``"out"`` or ``(side, k)`` with ``k >= 1``."""
     if groups in (None, "in", "out"):
         return groups
-    if (isinstance(groups, tuple) and len(groups) == 2 and groups[0] in ("in", "out")
-            and isinstance(groups[1], int) and not isinstance(groups[1], bool) and groups[1] >= 1):
+    if (
+        isinstance(groups, tuple)
+        and len(groups) == 2
+        and groups[0] in ("in", "out")
+        and isinstance(groups[1], int)
+        and not isinstance(groups[1], bool)
+        and groups[1] >= 1
+    ):
         return groups
     raise ValueError(f"groups must be None, 'in', 'out' or ('in' | 'out', block size), "
                      f"got {groups!r}")  # fmt: skip
