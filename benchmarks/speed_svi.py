@@ -15,7 +15,7 @@ Variants, each a complete fit per round (rounds interleaved, so load hits them a
 * ``stock_pyro``: the textbook Pyro fit: the network as a ``PyroModule`` with ``PyroSample`` Normal
   priors, ``AutoNormal``, ``Trace_ELBO``, ``pyro.infer.SVI`` with ``pyro.optim.Adam``;
 * ``default``: ``psb.fit(bnn, x, y, method="svi", ...)`` with no ``graph`` argument (mean-field
-  guide, this package's ELBO; ``graph=None`` traces fits of 200 steps or more);
+  guide, this package's ELBO; ``graph=None``: from 200 steps on, the faster of traced and eager);
 * ``eager``, ``traced``, ``compiled``: the same fit with ``graph="eager" | "traced" |
   "compiled"`` (``compiled`` runs one round: Inductor compiles for tens of seconds).
 
