@@ -139,7 +139,8 @@ def fit_svi(
             layers). ``None`` (default): for a fit of at least :data:`TRACE_FROM_STEPS`
             optimiser steps (tracing and checking a graph costs about as much as 100 eager
             steps) the step is traced, timed against the eager step on its first few steps,
-            and the faster one is kept (``TracedELBO``'s ``"auto"``); shorter fits run eagerly.
+            and replayed from then on unless eager was at least 20 % faster (``TracedELBO``'s
+            ``"auto"``); shorter fits run eagerly.
             ``result.info["graph"]`` says which ran. Every method's ``graph``:
             :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`.
 

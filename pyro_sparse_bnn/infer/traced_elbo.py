@@ -59,6 +59,10 @@ __all__ = ["TracedELBO"]
 
 AUTO_PROBES = 6
 """``graph="auto"`` times this many steps of a minibatch shape both ways before it chooses."""
+AUTO_EAGER_BELOW = 0.8
+"""``graph="auto"`` runs eagerly only when the eager step takes less than this fraction of the
+replay's time: a close call keeps the graph, so the choice (and the fit's rounding) does not
+flip with the machine's load."""
 LossFn = Callable[..., Tensor]
 Graph = Callable[..., list[Tensor]]  # (*params, x, y, observed, latent) -> [loss, *grads]
 
@@ -119,8 +123,9 @@ class TracedELBO:
 
     def _timed(self, graph: Graph, x: Tensor, y: Tensor, scales: list[Tensor]) -> list[Tensor]:
         """``graph="auto"``: the step from the graph, timed against the same step run eagerly
-        (from the same random state, its result discarded); after :data:`AUTO_PROBES` steps the
-        faster of the two runs this minibatch shape from then on."""
+        (from the same random state, its result discarded); after :data:`AUTO_PROBES` steps
+        the eager step runs this minibatch shape from then on if it was clearly faster
+        (:data:`AUTO_EAGER_BELOW`), else the graph."""
         key = _key(x, y)
         on_graph, on_eager = self._timings[key]
         with torch.random.fork_rng(devices=_devices(x)):
@@ -132,7 +137,8 @@ class TracedELBO:
         on_graph.append(_clock(x) - start)
         if len(on_graph) > AUTO_PROBES:  # the first of each pays one-time costs
             del self._timings[key]
-            if statistics.median(on_graph[1:]) >= statistics.median(on_eager[1:]):
+            eager, replay = statistics.median(on_eager[1:]), statistics.median(on_graph[1:])
+            if eager < AUTO_EAGER_BELOW * replay:
                 self._graphs[key] = None
                 self._unchecked.pop(key, None)
         return result
