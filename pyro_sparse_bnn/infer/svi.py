@@ -137,8 +137,8 @@ def fit_svi(
             compiles each graph with ``torch.compile`` (Inductor fuses the elementwise work;
             costs seconds to a minute per minibatch shape, worth it for long fits of large
             layers). ``None`` (default): for a fit of at least :data:`TRACE_FROM_STEPS`
-            optimiser steps (tracing and checking a graph costs about as much as 100 eager
-            steps) the step is traced, timed against the eager step on its first few steps,
+            optimiser steps (tracing and checking a graph costs the time of many eager steps)
+            the step is traced, timed against the eager step on its first few steps,
             and replayed from then on unless eager was at least 20 % faster (``TracedELBO``'s
             ``"auto"``); shorter fits run eagerly.
             ``result.info["graph"]`` says which ran. Every method's ``graph``:
