@@ -374,3 +374,17 @@ def test_default_step_without_a_second_derivative_is_the_plain_default() -> None
     fit = psb.fit(model, x, y, method="ivon", epochs=20, progress=False)
     assert fit.info["lr"] == 0.1
     assert fit.info["mu"]["w"].isfinite().all()
+
+
+def test_curvature_helpers_check_input_and_leave_the_global_rng() -> None:
+    """Bad arguments are named; the power iteration draws from its own generator."""
+    w = torch.zeros(2, requires_grad=True)
+    state = torch.get_rng_state()
+    assert top_curvature(lambda: (w * w).sum(), [w]) == pytest.approx(2.0)
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="iterations"):
+        top_curvature(lambda: (w * w).sum(), [w], iterations=0)
+    with pytest.raises(TypeError, match="params"):
+        top_curvature(lambda: (w * w).sum(), [torch.zeros(2)])
+    with pytest.raises(ValueError, match="ceiling"):
+        psb.infer.ivon.stable_lr(lambda: (w * w).sum(), [w], ceiling=-1.0)

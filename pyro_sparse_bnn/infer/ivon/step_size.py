@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ...validation import check_positive, check_positive_int
+
 DEFAULT_LR = 0.1
 
 
@@ -27,14 +29,20 @@ def top_curvature(
     generator: torch.Generator | None = None,
 ) -> float:
     """The largest absolute eigenvalue of the Hessian of ``loss()`` in ``params``, by power
-    iteration on Hessian-vector products (double backward).
+    iteration on Hessian-vector products (double backward), started from a random vector drawn
+    from ``generator`` (a CPU generator; default: a private one seeded 0).
 
     >>> A = torch.tensor([[3.0, 1.0], [1.0, 3.0]])
     >>> w = torch.zeros(2, requires_grad=True)
     >>> round(top_curvature(lambda: 0.5 * w @ A @ w, [w]), 4)  # eigenvalues 2 and 4
     4.0
     """
+    check_positive_int(iterations, "iterations")
     params = list(params)
+    if not params or not all(isinstance(p, Tensor) and p.requires_grad for p in params):
+        raise TypeError("params must be a non-empty sequence of tensors that require grad")
+    if generator is None:  # a private stream: the caller's torch RNG is left as it was
+        generator = torch.Generator().manual_seed(0)
     with torch.enable_grad():
         grads = torch.autograd.grad(loss(), params, create_graph=True)
     vector = [torch.randn(p.shape, generator=generator).to(p) for p in params]  # CPU generator
@@ -63,5 +71,6 @@ def stable_lr(
     >>> stable_lr(lambda: 50.0 * (w * w).sum(), [w])  # curvature 100
     0.01
     """
+    check_positive(ceiling, "ceiling")
     curvature = top_curvature(loss, params, generator=generator)
     return ceiling if curvature * ceiling <= 1.0 else 1.0 / curvature
