@@ -7,7 +7,9 @@ and so drops that log-Jacobian: ``TraceMeanField_ELBO`` then maximises
 ``E_q[log p(value) - log q(z)]``, which rewards shrinking every positive scale by
 ``sum(log scale)``. :class:`MeanFieldELBO` uses the true single-draw KL of a Delta,
 ``log_density - log p(value)``, and the analytic KL wherever one is registered for another
-guide family; everywhere else it keeps the Monte Carlo ``log q - log p`` term. Each estimate is an
+guide family, including the auxiliary Normal of a Delta whose transform is the identity (an
+unconstrained weight: the Delta is that Normal's draw, so ``KL(Normal || p)`` is its exact KL);
+everywhere else it keeps the Monte Carlo ``log q - log p`` term. Each estimate is an
 unbiased estimate of the negative ELBO (NumPyro made the same correction in its PR 1625).
 
 >>> import pyro, pyro.distributions as dist, torch
@@ -60,8 +62,8 @@ def analytic_kl(guide_site: dict, model_site: dict) -> Tensor | None:
     if kl is None and isinstance(unwrap(p), ARDNormal):
         raise ValueError(
             f"site {model_site['name']!r} has the profiled ARDNormal prior, whose KL exists only "
-            "in closed form against a Normal guide site: use guide='sparse_vd' "
-            "(or priors.ARD with guide='mean_field')"
+            "in closed form against a Normal guide site: use guide='sparse_vd' or 'mean_field' "
+            "(or priors.ARD with any guide)"
         )
     if kl is not None:
         return scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
@@ -90,6 +92,7 @@ def mean_field_elbo(
             elbo = elbo + site_log_prob(site)
             continue
         guide_site = guide_trace.nodes[name]
+        _mark_identity_posterior(guide_trace, guide_site)
         kl = analytic_kl(guide_site, site)
         if kl is None:
             elbo = elbo + site_log_prob(site) - site_log_prob(guide_site)
@@ -103,6 +106,22 @@ def mean_field_elbo(
         if site["type"] == "sample" and name not in model_trace.nodes and name not in covered:
             elbo = elbo - site_log_prob(site)
     return torch.as_tensor(elbo), analytic
+
+
+def _mark_identity_posterior(guide_trace: poutine.Trace, guide_site: dict) -> None:
+    """Record an ``AutoNormal`` auxiliary Normal as the posterior law of its Delta site when the
+    site's transform is the identity (the Delta's value is the auxiliary draw itself)."""
+    if Q_KEY in guide_site["infer"] or not isinstance(unwrap(guide_site["fn"]), dist.Delta):
+        return
+    aux = guide_trace.nodes.get(guide_site["name"] + AUX_SUFFIX)
+    if (
+        aux is not None
+        and aux["type"] == "sample"
+        and aux["infer"].get("is_auxiliary")
+        and isinstance(unwrap(aux["fn"]), dist.Normal)
+        and unwrap(guide_site["fn"]).v is aux["value"]
+    ):
+        guide_site["infer"][Q_KEY] = aux["fn"]
 
 
 class MeanFieldELBO(ELBO):

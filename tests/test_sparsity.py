@@ -1,5 +1,7 @@
 """Pruning rules: the predictive budget against its definition and against the fixed SNR rule."""
 
+import math
+
 import pytest
 import torch
 
@@ -73,6 +75,24 @@ def test_budget_search_checks_accuracy_too():
     masks = budget_masks({"w": torch.tensor([3.0, 2.0, 1.0])}, losses)
     assert masks["w"].tolist() == [True, True, False]
     assert len(calls) <= 4
+
+
+def test_budget_search_finds_the_first_count_when_losses_are_not_monotone():
+    """Over 64 weights, keeping the top 5 to 12 meets the budget, but from 13 to 40 noise weights
+    flip rows and break it (as on the iris demo, where a bisection over all counts kept 51 of 56;
+    here it would keep 41): the search gallops up from 1 kept and returns 5, having tried no
+    count above 8, in at most 2 log2(5) + 4 loss evaluations (the full posterior's included)."""
+    tried = []
+
+    def losses(masks):
+        kept = 64 if masks is None else int(masks["w"].sum())
+        tried.append(kept)
+        broken = kept < 5 or 13 <= kept <= 40
+        return {"nll": torch.full((50,), 1.0 if broken else 0.0)}
+
+    masks = budget_masks({"w": torch.linspace(2.0, 1.0, 64)}, losses)
+    assert int(masks["w"].sum()) == 5 and masks["w"][:5].all()
+    assert max(tried[1:]) == 8 and len(tried) <= 4 + 2 * math.log2(5)
 
 
 def test_budget_keeps_a_standard_error_in_hand():

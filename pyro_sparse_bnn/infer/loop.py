@@ -101,11 +101,19 @@ def check_step(
             f"the {loss_name} became {loss.item()} at epoch {epoch}: lower lr or check the data"
         )
     grads = [p.grad for p in params if p.grad is not None]
-    if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+    if grads and not _all_finite(grads):
         raise FloatingPointError(
             f"the {loss_name} became nan at epoch {epoch}: its gradient is not finite; "
             "lower lr or check the data"
         )
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element is finite: one sum per tensor (a non-finite element makes its sum
+    non-finite; a sum that only overflows is told apart by the elementwise check)."""
+    if bool(torch.stack([t.sum() for t in tensors]).sum().isfinite()):
+        return True
+    return all(bool(t.isfinite().all()) for t in tensors)
 
 
 class TensorState:

@@ -184,22 +184,19 @@ class TracedELBO:
                         lambda *args: self._eager(*args), _error_on_data_dependent_ops=False
                     )(x, y, *scales)
                 graph = simplify_graph(_params_as_inputs(graph, self.params))
-                matches = self._matches(graph, x, y, scales)
+                replay = _Replay(graph)
+                matches = self._matches(replay, x, y, scales)
         except Exception as error:  # any failure: keep the eager step
             _warn(f"could not be traced ({type(error).__name__}: {error})")
             return None
         if not matches:
             _warn("differs from the eager one (Python control flow on random draws?)")
             return None
-        return self._compile(graph, x, y, scales) if self.compiled else graph
+        return self._compile(graph, x, y, scales) if self.compiled else replay
 
     def _compile(self, graph: fx.GraphModule, x: Tensor, y: Tensor, scales: list[Tensor]) -> Graph:
-        """``graph`` compiled by Inductor, or ``graph`` itself (with a warning) when compiling
-        fails or the compiled graph disagrees with the eager step."""
-
-        def run(*args: Tensor) -> list[Tensor]:
-            with torch.no_grad():  # the graph computes its gradients itself
-                return compiled(*args)
+        """``graph`` compiled by Inductor, or ``graph`` replayed uncompiled (with a warning) when
+        compiling fails or the compiled graph disagrees with the eager step."""
 
         # Inductor draws its own random numbers unless told to call torch's generator, and may
         # lay out a convolution's output channels-last, where ``randn_like`` would then put the
@@ -207,6 +204,7 @@ class TracedELBO:
         options = {"fallback_random": True, "layout_optimization": False}
         try:
             compiled = torch.compile(graph, dynamic=False, fullgraph=True, options=options)
+            run = _Replay(compiled)
             if self._matches(run, x, y, scales):
                 return run
             problem = "differs from the eager step"
@@ -215,7 +213,7 @@ class TracedELBO:
         warnings.warn(
             f"compiling the traced SVI step {problem}; replaying it uncompiled", stacklevel=5
         )
-        return graph
+        return _Replay(graph)
 
     def _matches(self, graph: Graph, x: Tensor, y: Tensor, scales: list[Tensor]) -> bool:
         """Whether the graph gives the eager loss and gradients from one random state (the
@@ -229,6 +227,19 @@ class TracedELBO:
         tol = 1e-4 if x.dtype == torch.float32 else 1e-9
         pairs = zip(expected, got, strict=True)
         return all(torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in pairs)
+
+
+class _Replay:
+    """A traced (``fx.GraphModule``) or compiled ``graph`` run with autograd off: it computes its
+    gradients itself, and recording the replay's operations for autograd would only cost time
+    and memory."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def __call__(self, *args: Tensor) -> list[Tensor]:
+        with torch.no_grad():
+            return self.graph(*args)
 
 
 def _key(x: Tensor, y: Tensor) -> tuple:
