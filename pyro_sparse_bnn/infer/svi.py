@@ -129,18 +129,17 @@ def fit_svi(
             (:class:`~pyro_sparse_bnn.infer.loop.LoopOptions`): a progress bar, a per-epoch
             ``callback(epoch, loss)`` that stops the fit by returning ``True``, atomic
             checkpoints and exact resume.
-        graph: ``"eager"`` runs the model and guide under Pyro's handlers each step;
-            ``"traced"`` replays each step from a graph of tensor operations traced once per
-            minibatch shape (:class:`~pyro_sparse_bnn.infer.traced_elbo.TracedELBO`): the same
-            loss and gradients, 1.5-2x faster steps, Adam fused (one kernel per parameter);
-            steps that cannot be traced run eagerly with a warning. ``"compiled"`` also
-            compiles each graph with ``torch.compile`` (Inductor fuses the elementwise work;
-            costs seconds to a minute per minibatch shape, worth it for long fits of large
-            layers). ``None`` (default): for a fit of at least :data:`TRACE_FROM_STEPS`
-            optimiser steps (tracing and checking a graph costs the time of many eager steps)
-            the step is traced, timed against the eager step on its first few steps,
-            and replayed from then on unless eager was at least 20 % faster (``TracedELBO``'s
-            ``"auto"``); shorter fits run eagerly.
+        graph: ``"eager"`` runs the model and guide under Pyro's handlers each step; ``"traced"``
+            replays each step from a graph of tensor operations traced once per minibatch shape
+            (:class:`~pyro_sparse_bnn.infer.traced_elbo.TracedELBO`): the same loss and gradients,
+            2-3x faster steps (``benchmarks/speed_svi.py``), Adam fused (one kernel per parameter);
+            steps that cannot be traced run eagerly with a warning. ``"compiled"`` also compiles
+            each graph with ``torch.compile`` (Inductor fuses the elementwise work; costs seconds to
+            a minute per minibatch shape, worth it for long fits of large layers). ``None``
+            (default): for a fit of at least :data:`TRACE_FROM_STEPS` optimiser steps (tracing and
+            checking a graph costs the time of many eager steps) the step is traced, timed against
+            the eager step on its first few steps, and replayed from then on unless eager was at
+            least 20 % faster (``TracedELBO``'s ``"auto"``); shorter fits run eagerly.
             ``result.info["graph"]`` says which ran. Every method's ``graph``:
             :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`.
 
