@@ -109,9 +109,15 @@ def check_step(
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every element is finite: one sum per tensor (a non-finite element makes its sum
-    non-finite; a sum that only overflows is told apart by the elementwise check)."""
-    if bool(torch.stack([t.sum() for t in tensors]).sum().isfinite()):
+    """Whether every element is finite: one sum per tensor, added up across dtypes (a non-finite
+    element makes the total non-finite; a total that only overflows is told apart by the
+    elementwise check).
+
+    >>> big = torch.full((2,), 3e38)  # its sum overflows, its elements are finite
+    >>> _all_finite([torch.ones(2), big]), _all_finite([torch.tensor([1.0, -torch.inf])])
+    (True, False)
+    """
+    if bool(sum(t.sum() for t in tensors).isfinite()):
         return True
     return all(bool(t.isfinite().all()) for t in tensors)
 

@@ -198,8 +198,9 @@ class FitResult:
         """Keep-masks per weight site, the weights ranked by :meth:`relevance` ``by``.
 
         By default (no ``threshold``) the predictive budget rule
-        (:func:`~pyro_sparse_bnn.sparsity.budget_masks`): the fewest most relevant weights whose
-        masked posterior predictive has an NLL at most ``max_nll_increase`` nats per row above
+        (:func:`~pyro_sparse_bnn.sparsity.budget_masks`): the fewest most relevant weights
+        (counted up from the most relevant) whose masked posterior predictive has an NLL at most
+        ``max_nll_increase`` nats per row above
         the full posterior's and, for a classifier, an accuracy at most ``max_accuracy_drop``
         below it, each with one standard error to spare; measured on held-out ``data=(x, y)``
         if given, else on the training data by PSIS-LOO (:meth:`loo_metrics`), which does not
