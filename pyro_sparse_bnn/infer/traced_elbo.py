@@ -53,6 +53,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from ..dtypes import float_dtype
 from ..handlers import ScaleSites
 from ..validation import GRAPH_MODES, check_graph
+from .graph_replay import flat_function
 from .graph_simplify import simplify_graph
 
 __all__ = ["TracedELBO"]
@@ -230,16 +231,17 @@ class TracedELBO:
 
 
 class _Replay:
-    """A traced (``fx.GraphModule``) or compiled ``graph`` run with autograd off: it computes its
-    gradients itself, and recording the replay's operations for autograd would only cost time
-    and memory."""
+    """A traced (``fx.GraphModule``, run as a :func:`~.graph_replay.flat_function`) or compiled
+    ``graph`` run with autograd off: it computes its gradients itself, and recording the
+    replay's operations for autograd would only cost time and memory."""
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
+        self._run = flat_function(graph) if isinstance(graph, fx.GraphModule) else graph
 
     def __call__(self, *args: Tensor) -> list[Tensor]:
         with torch.no_grad():
-            return self.graph(*args)
+            return self._run(*args)
 
 
 def _key(x: Tensor, y: Tensor) -> tuple:
