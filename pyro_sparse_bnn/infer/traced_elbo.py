@@ -193,10 +193,10 @@ class TracedELBO:
         if not matches:
             _warn("differs from the eager one (Python control flow on random draws?)")
             return None
-        return self._compile(graph, x, y, scales) if self.compiled else replay
+        return self._compile(replay, x, y, scales) if self.compiled else replay
 
-    def _compile(self, graph: fx.GraphModule, x: Tensor, y: Tensor, scales: list[Tensor]) -> Graph:
-        """``graph`` compiled by Inductor, or ``graph`` replayed uncompiled (with a warning) when
+    def _compile(self, replay: _Replay, x: Tensor, y: Tensor, scales: list[Tensor]) -> Graph:
+        """The replay's graph compiled by Inductor, or ``replay`` itself (with a warning) when
         compiling fails or the compiled graph disagrees with the eager step."""
 
         # Inductor draws its own random numbers unless told to call torch's generator, and may
@@ -204,7 +204,7 @@ class TracedELBO:
         # same numbers at other positions than the eager step does.
         options = {"fallback_random": True, "layout_optimization": False}
         try:
-            compiled = torch.compile(graph, dynamic=False, fullgraph=True, options=options)
+            compiled = torch.compile(replay.graph, dynamic=False, fullgraph=True, options=options)
             run = _Replay(compiled)
             if self._matches(run, x, y, scales):
                 return run
@@ -214,7 +214,7 @@ class TracedELBO:
         warnings.warn(
             f"compiling the traced SVI step {problem}; replaying it uncompiled", stacklevel=5
         )
-        return _Replay(graph)
+        return replay
 
     def _matches(self, graph: Graph, x: Tensor, y: Tensor, scales: list[Tensor]) -> bool:
         """Whether the graph gives the eager loss and gradients from one random state (the
