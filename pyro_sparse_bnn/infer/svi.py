@@ -132,7 +132,7 @@ def fit_svi(
         graph: ``"eager"`` runs the model and guide under Pyro's handlers each step; ``"traced"``
             replays each step from a graph of tensor operations traced once per minibatch shape
             (:class:`~pyro_sparse_bnn.infer.traced_elbo.TracedELBO`): the same loss and gradients,
-            2-3x faster steps (``benchmarks/speed_svi.py``), Adam fused (one kernel per parameter);
+            2-4x faster steps (``benchmarks/speed_svi.py``), Adam fused (one kernel per parameter);
             steps that cannot be traced run eagerly with a warning. ``"compiled"`` also compiles
             each graph with ``torch.compile`` (Inductor fuses the elementwise work; costs seconds to
             a minute per minibatch shape, worth it for long fits of large layers). ``None``
