@@ -1,49 +1,54 @@
-"""NUTS speed on sparse BNNs: Pyro's stock NUTS, this package's fast path, and NumPyro.
+"""NUTS speed on sparse models: Pyro's stock NUTS, this package's fast path, and NumPyro.
 
     python benchmarks/nuts_speed.py [--quick] [--skip-stock] [--skip-numpyro]
-                                    [--models iris converging]
+                                    [--models leaf iris converging]
 
-Model (all three methods): iris train split (112 rows), a 4-8(ReLU)-3 network, non-centred
-Horseshoe(0.1) weights (``w = z * lambda * tau``), Normal(0, 1) biases, Categorical likelihood;
-125 unconstrained dimensions. Every method runs NUTS with target acceptance 0.8, maximum tree
-depth 10, a diagonal mass matrix adapted in Stan's windows, and starts each chain from Pyro's and
+Part ``iris``: iris train split (112 rows), a 4-8(ReLU)-3 network, non-centred Horseshoe(0.1)
+weights (``w = z * lambda * tau``), Normal(0, 1) biases, Categorical likelihood; 125
+unconstrained dimensions. Every method runs NUTS with target acceptance 0.8, maximum tree depth
+10, a diagonal mass matrix adapted in Stan's windows, and starts each chain from Pyro's and
 NumPyro's default ``uniform(-2, 2)`` in unconstrained space; one thread each
 (``torch.set_num_threads(1)``, XLA single-threaded).
 
-* ``psbnn``: ``fit_mcmc(graph="compiled")``, 4 chains x (500 warm-up + 500 draws), all chains
-  batched in lockstep in one process;
+* ``psbnn``: ``fit_mcmc`` at its defaults (traced potential, compiled once the run is long
+  enough), 4 chains x (500 warm-up + 500 draws), all chains batched in lockstep, seeds 0-2;
 * ``numpyro``: NumPyro's NUTS, 4 chains x (500 + 500), ``chain_method="sequential"`` (one CPU
-  device), skipped if NumPyro is not installed (``pip install -e ".[benchmarks]"``);
+  device), seeds 0-2, skipped if NumPyro is not installed (``pip install -e ".[benchmarks]"``);
 * ``stock_pyro``: ``fit_mcmc(backend="pyro")`` (Pyro's NUTS kernel), far too slow for the full
-  run here: 1 chain x (100 + 100), reported with those settings.
+  run here: 1 chain x (100 + 100); ``--skip-stock`` keeps its stored row.
 
-Wall time includes compilation (torch.compile, XLA). ``min_ess_bulk`` is the smallest bulk ESS
-(ArviZ, rank-normalised) over all sampled parameters, ``min_ess_per_s`` divides it by the wall
-time; ``leapfrogs_per_s`` counts gradient evaluations of all chains (warm-up included) per second.
-A second model for scale: digits (1347 rows) 64-100-10, 14,120 dimensions, ``psbnn`` only with a
-short run (trees capped at depth 6), and the per-gradient cost of Pyro's potential on it.
+``seconds`` is wall time including compilation (Inductor, XLA). ``min_ess_bulk`` is the smallest
+bulk ESS (ArviZ, rank-normalised) over all sampled parameters, ``min_ess_per_s`` divides it by the
+wall time; ``leapfrogs_per_s`` counts gradient evaluations of all chains (warm-up included) per
+second. A second model for scale: digits (1347 rows) 64-100-10, 14,120 dimensions, ``psbnn``
+only with a short run (trees capped at depth 6), and the per-gradient cost of Pyro's potential.
 
-Converging models (``--models converging``; ``--models iris`` runs the part above): two sparse
-linear models on which both samplers should mix (the rows say where they did not), so ESS per CPU
-second decides something. Both samplers
-run the same hand-written model, a non-centred regularised horseshoe (global scale
+Steady state and fixed cost (``psbnn`` and ``numpyro`` rows of parts ``iris`` and
+``converging``): each seed runs twice, with half and with all the draws. One seed makes the
+longer run repeat the shorter one's warm-up and first draws, so the extra draws' gradients over
+the extra CPU seconds are the adapted sampler's throughput (``gradients_per_cpu_s_steady``), and
+the longer run's CPU seconds less its gradients at that rate are its fixed cost
+(``fixed_seconds``: set-up, tracing, compilation, XLA's included).
+
+Part ``converging``: two sparse linear models on which both samplers should mix (the rows say
+where they did not), so ESS per CPU second decides something. Both samplers run the same
+hand-written model, a non-centred regularised horseshoe (global scale
 ``p0 / (p - p0) * s / sqrt(n)`` with ``p0 = 3`` and ``s`` 2 for logits, 1 for the standardised
 regression; slab ``InverseGamma(2, 2 * 2^2)``, local ``HalfCauchy(1)``, intercept ``N(0, 5)``,
 regression noise ``HalfNormal(1)``): ``breast_cancer_logistic_rhs`` (30 features, 427 rows) and
-``diabetes_linear_rhs`` (10 features, 331 rows), 4 chains, target acceptance 0.95, uniform
-initialisation, seeds 0-2, 500 warm-up iterations and 500 draws per chain; ``psbnn`` is
-``fit_mcmc`` at its defaults (batched chains, traced potential), ``numpyro`` NumPyro's NUTS with
-sequential chains. ``gradients_per_cpu_s`` counts every leapfrog (warm-up included) per CPU
-second of the whole run, compilation and tracing included; ``min_ess_per_cpu_s`` divides the
-smallest bulk ESS by those CPU seconds (``time.process_time``: every thread of the process).
-Steady-state throughput and fixed cost are not separated yet (timing two run lengths and
-differencing failed: the two runs' trees differ too much).
+``diabetes_linear_rhs`` (10 features, 331 rows), 4 chains, target acceptance 0.99 (at 0.95 both
+samplers diverged on the diabetes model), uniform initialisation, seeds 0-2, 500 warm-up
+iterations and 500 draws per chain; ``psbnn`` is ``fit_mcmc`` at its defaults, ``numpyro``
+NumPyro's NUTS with sequential chains. ``gradients_per_cpu_s`` counts every leapfrog (warm-up
+included) per CPU second of the whole run; ``min_ess_per_cpu_s`` divides the smallest bulk ESS
+by those CPU seconds (``time.process_time``: every thread of the process).
 
-Writes benchmarks/results/nuts_speed.json (rows: model, method, chains, warmup, samples,
-max_tree_depth, seconds, min_ess_bulk, min_ess_per_s, max_rhat, divergences, leapfrogs,
-leapfrogs_per_s, ess_per_s_vs_stock, note; converging rows: seed, cpu_seconds, leapfrogs,
-gradients_per_cpu_s, min_ess_per_cpu_s). A run of one part keeps the
-stored rows of the other.
+Part ``leaf``: CPU milliseconds per leaf of a NUTS subtree, 4 chains, for the traced step and
+the compiled one, and the seconds the compilation takes (the first call): the break-even behind
+``fit_mcmc``'s decision to compile (``infer.mcmc.run.COMPILE_FROM_LEAVES``).
+
+Writes benchmarks/results/nuts_speed.json. A run of some parts keeps the stored rows of the
+others.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -62,7 +68,8 @@ import torch
 from _common import RESULTS, print_table, write_results
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.infer.mcmc import fit_mcmc
+from pyro_sparse_bnn.infer.mcmc import Sampler, fit_mcmc
+from pyro_sparse_bnn.infer.potential import FlatPotential
 
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -71,12 +78,17 @@ os.environ.setdefault(
 SEED = 0
 GLOBAL_SCALE = 0.1
 COLUMNS = [
-    "model", "method", "chains", "warmup", "samples", "seconds", "min_ess_bulk", "min_ess_per_s",
-    "max_rhat", "divergences", "leapfrogs_per_s", "ess_per_s_vs_stock",
+    "model", "method", "seed", "chains", "warmup", "samples", "seconds", "min_ess_bulk",
+    "min_ess_per_s", "max_rhat", "divergences", "leapfrogs_per_s", "gradients_per_cpu_s_steady",
+    "fixed_seconds", "ess_per_s_vs_stock",
+]  # fmt: skip
+LEAF_COLUMNS = [
+    "model", "dim", "traced_ms_per_leaf", "compiled_ms_per_leaf", "leaves_per_call",
+    "compile_seconds", "break_even_leaves",
 ]  # fmt: skip
 CONVERGING_COLUMNS = [
     "model", "method", "seed", "cpu_seconds", "min_ess_bulk", "max_rhat", "divergences",
-    "gradients_per_cpu_s", "min_ess_per_cpu_s",
+    "gradients_per_cpu_s", "gradients_per_cpu_s_steady", "fixed_seconds", "min_ess_per_cpu_s",
 ]  # fmt: skip
 
 
@@ -106,19 +118,24 @@ def sampled_sites(fit: psb.FitResult) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in fit.samples.items() if not k.endswith(".weight")}
 
 
-def run_psbnn(sizes: list[int], x, y, chains: int, warmup: int, samples: int, depth: int) -> dict:
-    start = time.perf_counter()
+def run_psbnn(
+    sizes: list[int], x, y, samples: int, *, chains: int, warmup: int, depth: int, seed: int
+) -> dict:
+    start, cpu = time.perf_counter(), time.process_time()
     fit = fit_mcmc(
         bnn(sizes), x, y, num_chains=chains, warmup=warmup, num_samples=samples, init="uniform",
-        max_tree_depth=depth, graph="compiled", seed=SEED, progress=False,
+        max_tree_depth=depth, seed=seed, progress=False,
     )  # fmt: skip
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     steps = int(fit.info["leapfrog_steps"].sum())
     n_steps = fit.sample_stats["n_steps"].double()
     lockstep = float(n_steps.sum() / (n_steps.max(0).values.sum() * chains))
     return {
         "method": "psbnn",
+        "seed": seed,
         "seconds": seconds,
+        "cpu_seconds": cpu,
+        "compiled": fit.info["compiled"],
         "divergences": fit.info["divergences"],
         "leapfrogs": steps,
         "leapfrogs_per_s": steps / seconds,
@@ -177,26 +194,30 @@ def numpyro_model(sizes: list[int]) -> Callable:
     return model
 
 
-def run_numpyro(sizes: list[int], x, y, chains: int, warmup: int, samples: int) -> dict:
+def run_numpyro(
+    sizes: list[int], x, y, samples: int, *, chains: int, warmup: int, seed: int
+) -> dict:
     import jax
     from numpyro.infer import MCMC, NUTS
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     mcmc = MCMC(
         NUTS(numpyro_model(sizes)), num_warmup=warmup, num_samples=samples, num_chains=chains,
         chain_method="sequential", progress_bar=False,
     )  # fmt: skip
     xj, yj = jax.numpy.asarray(x.numpy()), jax.numpy.asarray(y.numpy())
-    mcmc.warmup(jax.random.PRNGKey(SEED), xj, yj, extra_fields=("num_steps",), collect_warmup=True)
+    mcmc.warmup(jax.random.PRNGKey(seed), xj, yj, extra_fields=("num_steps",), collect_warmup=True)
     warm_steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
     mcmc.run(mcmc.post_warmup_state.rng_key, xj, yj, extra_fields=("num_steps", "diverging"))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     extra = mcmc.get_extra_fields()
     steps = warm_steps + int(np.asarray(extra["num_steps"]).sum())
     draws = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     return {
         "method": "numpyro",
+        "seed": seed,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "divergences": int(np.asarray(extra["diverging"]).sum()),
         "leapfrogs": steps,
         "leapfrogs_per_s": steps / seconds,
@@ -221,7 +242,8 @@ def pyro_gradient_seconds(sizes: list[int], x, y, repeats: int) -> float:
 
 CONVERGING = {"breast_cancer_logistic_rhs": "breast_cancer", "diabetes_linear_rhs": "diabetes"}
 CONVERGING_SEEDS = (0, 1, 2)
-P0, SLAB_SCALE, TARGET_ACCEPT = 3, 2.0, 0.95
+IRIS_SEEDS = (0, 1, 2)
+P0, SLAB_SCALE, TARGET_ACCEPT = 3, 2.0, 0.99
 
 
 def global_scale(x: torch.Tensor, logistic: bool) -> float:
@@ -284,6 +306,7 @@ def sample_psbnn(model: Callable, x, y, samples: int, seed: int) -> dict:
         "cpu_seconds": time.process_time() - start,
         "leapfrogs": int(fit.info["leapfrog_steps"].sum()),
         "divergences": fit.info["divergences"],
+        "compiled": fit.info["compiled"],
         "draws": {k: v.numpy() for k, v in fit.samples.items()},
     }
 
@@ -309,6 +332,20 @@ def sample_numpyro(model: Callable, x, y, samples: int, seed: int) -> dict:
     }
 
 
+def steady_and_fixed(sample: Callable[[int], dict], samples: int) -> dict:
+    """Run ``sample(samples // 2)`` and ``sample(samples)``: one seed, so the longer run repeats
+    the shorter one's warm-up and first draws and adds ``samples // 2`` draws of the adapted
+    sampler. Their gradients over their CPU seconds are the steady-state throughput; the longer
+    run's CPU seconds less its gradients at that rate are the fixed cost (set-up, tracing,
+    compilation). Returns the longer run with both figures."""
+    short, run = sample(samples // 2), sample(samples)
+    steady = (run["leapfrogs"] - short["leapfrogs"]) / (run["cpu_seconds"] - short["cpu_seconds"])
+    return run | {
+        "gradients_per_cpu_s_steady": steady,
+        "fixed_seconds": run["cpu_seconds"] - run["leapfrogs"] / steady,
+    }
+
+
 def converging_rows(quick: bool, numpyro: bool) -> list[dict]:
     samplers = {"psbnn": (sample_psbnn, pyro_rhs)}
     if numpyro:
@@ -322,14 +359,18 @@ def converging_rows(quick: bool, numpyro: bool) -> list[dict]:
         tau0 = global_scale(x, logistic)
         for method, (sample, build) in samplers.items():
             for seed in CONVERGING_SEEDS[:1] if quick else CONVERGING_SEEDS:
-                run = sample(build(tau0, logistic), x, y, samples, seed)
+                model = build(tau0, logistic)
+                run = steady_and_fixed(partial(sample, model, x, y, seed=seed), samples)
                 row = {
                     "model": name, "method": method, "seed": seed, "chains": 4, "warmup": 500,
                     "samples": samples, "cpu_seconds": run["cpu_seconds"],
                     "leapfrogs": run["leapfrogs"], "divergences": run["divergences"],
                     "gradients_per_cpu_s": run["leapfrogs"] / run["cpu_seconds"],
-                    **diagnostics(run["draws"]),
+                    "gradients_per_cpu_s_steady": run["gradients_per_cpu_s_steady"],
+                    "fixed_seconds": run["fixed_seconds"], **diagnostics(run["draws"]),
                 }  # fmt: skip
+                if "compiled" in run:
+                    row["compiled"] = run["compiled"]
                 row["min_ess_per_cpu_s"] = row["min_ess_bulk"] / row["cpu_seconds"]
                 rows.append(row)
                 print(f"{name} {method} seed {seed}: {row['cpu_seconds']:.0f} CPU s", flush=True)
@@ -349,14 +390,19 @@ def iris_rows(args: argparse.Namespace) -> list[dict]:
         stock = run_stock(sizes, x, y, stock_warmup, stock_samples)
         rows.append({**base, "chains": 1, "warmup": stock_warmup, "samples": stock_samples,
                      **stock})  # fmt: skip
-    fast = run_psbnn(sizes, x, y, chains, warmup, samples, depth=10)
-    rows.append({**base, "chains": chains, "warmup": warmup, "samples": samples, **fast})
-    if has_numpyro(args):
+    elif not quick and (stored := stored_rows(lambda r: r["method"] == "stock_pyro")):
+        rows.append(stored[0] | {"stored": True})  # its 40 minutes are not rerun
+    for seed in IRIS_SEEDS[:1] if quick else IRIS_SEEDS:
+        psbnn = partial(run_psbnn, sizes, x, y, chains=chains, warmup=warmup, depth=10, seed=seed)
         rows.append({**base, "chains": chains, "warmup": warmup, "samples": samples,
-                     **run_numpyro(sizes, x, y, chains, warmup, samples)})  # fmt: skip
+                     **steady_and_fixed(psbnn, samples)})  # fmt: skip
+        if has_numpyro(args):
+            numpyro = partial(run_numpyro, sizes, x, y, chains=chains, warmup=warmup, seed=seed)
+            rows.append({**base, "chains": chains, "warmup": warmup, "samples": samples,
+                         **steady_and_fixed(numpyro, samples)})  # fmt: skip
     for row in rows:
         row["min_ess_per_s"] = row["min_ess_bulk"] / row["seconds"]
-    if not args.skip_stock:
+    if rows[0]["method"] == "stock_pyro":
         for row in rows:
             row["ess_per_s_vs_stock"] = row["min_ess_per_s"] / rows[0]["min_ess_per_s"]
     xd, yd = psb.datasets.load("digits", split="train", seed=SEED)
@@ -364,7 +410,8 @@ def iris_rows(args: argparse.Namespace) -> list[dict]:
     d_chains, d_warm, d_samples = (4, 5, 5) if quick else (4, 100, 100)
     row = {"model": "digits_64_100_10_horseshoe", "max_tree_depth": 6, "chains": d_chains,
            "warmup": d_warm, "samples": d_samples,
-           **run_psbnn(digits, xd, yd, d_chains, d_warm, d_samples, depth=6)}  # fmt: skip
+           **run_psbnn(digits, xd, yd, d_samples, chains=d_chains, warmup=d_warm, depth=6,
+                       seed=SEED)}  # fmt: skip
     row["min_ess_per_s"] = row["min_ess_bulk"] / row["seconds"]
     row["pyro_gradient_ms"] = 1e3 * pyro_gradient_seconds(digits, xd, yd, 3 if quick else 20)
     row["note"] = "short run for scale: not converged; compare the gradient throughput"
@@ -381,7 +428,73 @@ def has_numpyro(args: argparse.Namespace) -> bool:
     return True
 
 
-PARTS = {"iris": iris_rows, "converging": lambda a: converging_rows(a.quick, has_numpyro(a))}
+def leaf_rows(args: argparse.Namespace) -> list[dict]:
+    """CPU milliseconds per leaf of a NUTS subtree (4 chains) traced and compiled, and the
+    seconds the compilation takes: where ``run.COMPILE_FROM_LEAVES`` comes from."""
+    x, y = psb.datasets.load("breast_cancer", split="train", seed=SEED)
+    xi, yi = psb.datasets.load("iris", split="train", seed=SEED)
+    models = {
+        "breast_cancer_logistic_rhs": (pyro_rhs(global_scale(x, True), True), x, y.float()),
+        "iris_4_8_3_horseshoe": (bnn([4, 8, 3]), xi, yi),
+    }
+    calls, rounds = (20, 3) if args.quick else (300, 7)
+    rows = []
+    for name, (model, x, y) in models.items():
+        flat = FlatPotential(model, (x, y), num_chains=4)
+        z = 0.3 * torch.randn(4, flat.dim, generator=torch.Generator().manual_seed(SEED))
+        pe, grad = flat.potential_and_grad(z)
+        step, inverse_mass, u = torch.full_like(pe, 0.01), torch.ones_like(z), torch.rand(2, 4)
+        start = Sampler._start(z, torch.randn_like(z), grad, pe, torch.ones_like(pe).bool())
+        samplers = {}
+        for compiled in (False, True):
+            samplers[compiled] = Sampler(flat.potential_and_grad, num_chains=4, dim=flat.dim,
+                                         seeds=range(4), like=z, compile=compiled)  # fmt: skip
+        cpu = time.process_time()  # the compilation happens on the first call
+        samplers[True]._advance(
+            start, samplers[True]._checkpoints(z), step, inverse_mass, pe, u, 0, 5
+        )
+        compile_seconds = time.process_time() - cpu
+        per_leaf: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):  # interleaved
+            for compiled, sampler in samplers.items():
+                stride, checkpoints = (
+                    sampler.leaves_per_call if compiled else 1,
+                    sampler._checkpoints(z),
+                )
+                cpu = time.process_time()
+                for i in range(calls):
+                    sampler._advance(
+                        start, checkpoints, step, inverse_mass, pe, u, (i * stride) % 32, 5
+                    )
+                per_leaf[compiled].append((time.process_time() - cpu) / (calls * stride))
+        traced, compiled = (1e3 * float(np.median(per_leaf[c])) for c in (False, True))
+        rows.append({
+            "model": name, "method": "psbnn", "part": "leaf", "dim": flat.dim, "chains": 4,
+            "traced_ms_per_leaf": traced, "compiled_ms_per_leaf": compiled,
+            "leaves_per_call": samplers[True].leaves_per_call, "compile_seconds": compile_seconds,
+            "break_even_leaves": 1e3 * compile_seconds / (traced - compiled),
+        })  # fmt: skip
+    return rows
+
+
+def part_of(row: dict) -> str:
+    if row.get("part") == "leaf":
+        return "leaf"
+    return "converging" if row["model"] in CONVERGING else "iris"
+
+
+def stored_rows(keep: Callable[[dict], bool]) -> list[dict]:
+    """The rows of the stored ``nuts_speed.json`` that ``keep`` selects."""
+    stored = RESULTS / "nuts_speed.json"
+    rows = json.loads(stored.read_text())["rows"] if stored.exists() else []
+    return [row for row in rows if keep(row)]
+
+
+PARTS = {
+    "leaf": leaf_rows,
+    "iris": iris_rows,
+    "converging": lambda a: converging_rows(a.quick, has_numpyro(a)),
+}
 
 
 def main() -> None:
@@ -393,15 +506,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = [row for part in args.models for row in PARTS[part](args)]
-    stored = RESULTS / "nuts_speed.json"
-    if not args.quick and stored.exists():  # keep the stored rows of the parts not rerun
-        converging = set(CONVERGING)
-        for row in json.loads(stored.read_text())["rows"]:
-            part = "converging" if row["model"] in converging else "iris"
-            if part not in args.models:
-                rows.append(row)
-    for converging, columns in ((False, COLUMNS), (True, CONVERGING_COLUMNS)):
-        if part := [r for r in rows if (r["model"] in CONVERGING) == converging]:
+    if not args.quick:  # keep the stored rows of the parts not rerun
+        rows += stored_rows(lambda r: part_of(r) not in args.models)
+    for name, columns in (
+        ("leaf", LEAF_COLUMNS),
+        ("iris", COLUMNS),
+        ("converging", CONVERGING_COLUMNS),
+    ):
+        if part := [r for r in rows if part_of(r) == name]:
             print_table(part, columns)
     path = write_results(
         "nuts_speed_quick" if args.quick else "nuts_speed", rows, seed=SEED,

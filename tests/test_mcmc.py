@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 import pyro_sparse_bnn as psb
-from pyro_sparse_bnn.infer.mcmc import Sampler, adaptation_windows, fit_mcmc, sample
-from pyro_sparse_bnn.infer.potential import FlatPotential
+from pyro_sparse_bnn.infer.mcmc import adaptation_windows, fit_mcmc, sample
 
 POSTERIORDB = Path(__file__).resolve().parent / "data" / "posteriordb"  # BSD-3, see LICENCE.md
 DTYPE = torch.float64
@@ -292,36 +291,6 @@ def test_bad_options_fail_before_any_work(option, value, error):
     x, y, _, _ = _conjugate(n=10)
     with pytest.raises(error, match=option):
         fit_mcmc(_linear_model(), x, y, progress=False, **{option: value})
-
-
-@pytest.mark.slow
-def test_compiled_leaf_step_matches_the_eager_one():
-    x, y = psb.datasets.load("iris")
-    bnn = psb.SparseBNN(
-        psb.mlp([4, 5, 3]), psb.priors.Horseshoe(0.1), psb.likelihoods.Categorical(),
-        bias_prior=psb.priors.Normal(),
-    )  # fmt: skip
-    flat = FlatPotential(bnn, (x, y), num_chains=2)
-    gen = torch.Generator().manual_seed(0)
-    z, r = (0.3 * torch.randn(2, flat.dim, generator=gen) for _ in range(2))
-    pe, grad = flat.potential_and_grad(z)
-    step, inverse_mass = torch.tensor([0.01, 0.05]), torch.rand(2, flat.dim, generator=gen)
-    outputs = []
-    for compile in (False, True):
-        sampler = Sampler(
-            flat.potential_and_grad, num_chains=2, dim=flat.dim, seeds=[0, 1], like=z,
-            compile=compile,
-        )  # fmt: skip
-        state = (z, r, grad, pe)
-        for _ in range(20):
-            state = sampler.leapfrog(*state, step, inverse_mass)
-        outputs.append(state)
-    for eager, compiled in zip(*outputs, strict=True):
-        assert torch.allclose(eager, compiled, rtol=1e-4, atol=1e-4)
-    # and a short compiled NUTS run through fit_mcmc
-    fit = fit_mcmc(bnn, x, y, num_chains=2, num_samples=10, warmup=10, graph="compiled",
-                   progress=False)  # fmt: skip
-    assert fit.info["compiled"] and torch.isfinite(fit.sample_stats["lp"]).all()
 
 
 def test_bfmi_of_gaussian_energies():

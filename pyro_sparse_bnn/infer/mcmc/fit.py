@@ -72,6 +72,13 @@ _INIT_TRIES = 20
 _REPLAY_CHUNK = 256
 
 
+def _compile_option(graph: str | None, traced: bool) -> bool | None:
+    """``sample``'s ``compile``: decided during the run (``None``) only over a traced potential."""
+    if graph is None:
+        return None if traced else False
+    return graph == "compiled"
+
+
 def _chain_seeds(seed: int, num_chains: int) -> list[int]:
     """Independent per-chain seeds derived from ``seed`` (NumPy's ``SeedSequence``)."""
     return [int(np.random.SeedSequence([seed, c]).generate_state(1)[0]) for c in range(num_chains)]
@@ -258,7 +265,7 @@ def _check_options(
     trajectory_length: float | None,
     num_steps: int | None,
     dense_mass: bool,
-    graph: str,
+    graph: str | None,
     seed: int,
     init_options: dict | None,
 ) -> None:
@@ -281,7 +288,8 @@ def _check_options(
         check_positive_int(num_steps, "num_steps")
     if not isinstance(dense_mass, bool):
         raise TypeError(f"dense_mass must be a bool, got {dense_mass!r}")
-    check_graph(graph)
+    if graph is not None:
+        check_graph(graph)
     if init_options is not None and not isinstance(init_options, Mapping):
         raise TypeError(f"init_options must be a dict, got {type(init_options).__name__}")
     if init_options is not None and init != "svi":
@@ -311,7 +319,7 @@ def fit_mcmc(
     trajectory_length: float | None = None,
     num_steps: int | None = None,
     backend: str = "fast",
-    graph: str = "traced",
+    graph: str | None = None,
     seed: int = 0,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
@@ -339,7 +347,10 @@ def fit_mcmc(
         graph: ``"traced"`` (the potential and its gradient replayed from a checked ATen
             graph), ``"eager"`` or ``"compiled"`` (the leapfrog step through ``torch.compile``;
             Pyro's ``jit_compile`` for ``backend="pyro"``): see
-            :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`.
+            :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`. ``None`` (default): traced, and
+            compiled from iteration :data:`~.run.COMPILE_AFTER` on when the rest of the run is
+            projected to take at least :data:`~.run.COMPILE_FROM_LEAVES` leapfrog steps per
+            chain (docs/mcmc.md); ``info["compiled"]`` says whether it was.
         progress: one progress bar per chain.
         checkpoint, checkpoint_every: write the run's state (positions, adaptation, the draws so
             far, generator states) to this file, atomically, every ``checkpoint_every``
@@ -406,7 +417,7 @@ def fit_mcmc(
     if backend == "pyro":
         options = {
             "step_size": step_size, "dense_mass": dense_mass, "target_accept": target_accept,
-            "graph": graph, "max_tree_depth": max_tree_depth,
+            "graph": graph or "traced", "max_tree_depth": max_tree_depth,
             "trajectory_length": trajectory_length, "num_steps": num_steps,
         }  # fmt: skip
         latent, stats = _run_pyro(
@@ -432,7 +443,8 @@ def fit_mcmc(
                 flat.potential_and_grad, theta, num_warmup=warmup, num_samples=num_samples,
                 seeds=seeds, kernel=kernel, step_size=step_size, dense_mass=dense_mass,
                 target_accept=target_accept, max_tree_depth=max_tree_depth,
-                trajectory_length=trajectory, num_steps=num_steps, compile=graph == "compiled",
+                trajectory_length=trajectory, num_steps=num_steps,
+                compile=_compile_option(graph, flat.traced),
                 progress=progress, checkpoint_every=checkpoint_every,
                 checkpoint=save, resume=saved,
             )  # fmt: skip

@@ -29,7 +29,14 @@ from ...progress import progress_bar
 from .adaptation import DualAveraging, Welford, adaptation_windows
 from .sampler import Draws, PotentialGrad, Sampler
 
-__all__ = ["sample"]
+__all__ = ["COMPILE_AFTER", "COMPILE_FROM_LEAVES", "sample"]
+
+COMPILE_AFTER = 10
+"""With ``compile=None``, the run decides after this many iterations whether to compile."""
+
+COMPILE_FROM_LEAVES = 10_000
+"""With ``compile=None``, the leaf step is compiled when the rest of the run is projected to
+take at least this many leapfrog steps per chain (docs/mcmc.md, "When NUTS compiles")."""
 
 
 @dataclass
@@ -61,9 +68,12 @@ class _Chains:
             "records": {k: torch.stack(v, dim=1) for k, v in self.records.items()},
             "generators": [g.get_state() for g in sampler.generators],
             "search_generators": [g.get_state() for g in sampler.search_generators],
+            "compiled": sampler.compiled,
         }
 
-    def load_state_dict(self, state: dict[str, Any], sampler: Sampler) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], sampler: Sampler, compile: bool | None
+    ) -> None:
         for name in ("t", "z", "step", "inverse_mass", "window"):
             setattr(self, name, state[name])
         self.warmup_divergences = state["warmup_divergences"]
@@ -73,6 +83,8 @@ class _Chains:
         self.records = {k: list(v.unbind(1)) for k, v in state["records"].items()}
         for generator, saved in zip(sampler.generators, state["generators"], strict=True):
             generator.set_state(saved)
+        if compile is None and state.get("compiled", False) and not sampler.compiled:
+            sampler.use_compiled()  # the interrupted run had switched: so does its continuation
         for generator, saved in zip(
             sampler.search_generators, state["search_generators"], strict=True
         ):
@@ -95,7 +107,7 @@ def sample(
     max_tree_depth: int = 10,
     trajectory_length: float = 2 * math.pi,
     num_steps: int | None = None,
-    compile: bool = False,
+    compile: bool | None = False,
     progress: bool = False,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_every: int = 100,
@@ -112,7 +124,11 @@ def sample(
     plain values: positions, adaptation, draws so far, generator states); ``resume=state``
     continues from it to exactly the draws of an uninterrupted run. The chains run with
     :func:`~pyro_sparse_bnn.isolation.loop_threads` threads for ``init.numel()`` values
-    (``num_threads`` overrides; the caller's count is restored afterwards).
+    (``num_threads`` overrides; the caller's count is restored afterwards). ``compile=True``
+    runs every leaf step through ``torch.compile``; ``None`` decides after
+    :data:`COMPILE_AFTER` iterations from the leapfrog steps they took (:func:`_pays_to_compile`),
+    from counts only, so a seed repeats its draws; a compilation that fails warns and the run
+    goes on uncompiled.
     """
     options = {k: v for k, v in locals().items() if k not in ("potential_and_grad", "init")}
     with loop_threads(init.numel(), options.pop("num_threads")):
@@ -135,13 +151,16 @@ def _sample(
     max_tree_depth: int,
     trajectory_length: float,
     num_steps: int | None,
-    compile: bool,
+    compile: bool | None,
     progress: bool,
     checkpoint: Callable[[dict[str, Any]], None] | None,
     checkpoint_every: int,
     resume: dict[str, Any] | None,
 ) -> Draws:
     num_chains, dim = init.shape
+    pe, grad = potential_and_grad(init)
+    # the chains move in the potential's precision (float64 data lifts float32 starting values)
+    init = init.to(torch.promote_types(init.dtype, grad.dtype))
     sampler = Sampler(
         potential_and_grad,
         num_chains=num_chains,
@@ -152,9 +171,8 @@ def _sample(
         max_tree_depth=max_tree_depth,
         trajectory_length=trajectory_length,
         num_steps=num_steps,
-        compile=compile,
+        compile=bool(compile),
     )
-    pe, grad = potential_and_grad(init)
     if not bool(torch.isfinite(pe).all()):
         bad = torch.nonzero(~torch.isfinite(pe)).flatten().tolist()
         raise ValueError(f"the log density is not finite at the initial values of chains {bad}")
@@ -172,7 +190,7 @@ def _sample(
         Welford(num_chains, dim, dense_mass, init), 0, zeros, zeros.clone(),
     )  # fmt: skip
     if resume is not None:
-        s.load_state_dict(resume, sampler)
+        s.load_state_dict(resume, sampler, compile)
         pe, grad = potential_and_grad(s.z)
     windows = adaptation_windows(num_warmup)
     bars = [
@@ -198,6 +216,9 @@ def _sample(
                     s.records.setdefault(k, []).append(v.detach().clone())
                 s.records.setdefault("theta", []).append(s.z.clone())
             s.t = t + 1
+            total = num_warmup + num_samples
+            if compile is None and s.t == min(COMPILE_AFTER, total) and _pays_to_compile(s, total):
+                sampler.compile_now(s.z, grad, pe, s.step, s.inverse_mass)
             if checkpoint is not None and s.t % checkpoint_every == 0:
                 checkpoint(s.state_dict(sampler))
             for c, bar in enumerate(bars if progress else ()):
@@ -235,6 +256,13 @@ def _sample(
         interrupted=interrupted,
         info={"compiled": sampler.compiled, "warmup_steps": s.warmup_steps},
     )
+
+
+def _pays_to_compile(s: _Chains, total: int) -> bool:
+    """Whether the remaining ``total - s.t`` iterations, at the leapfrog steps per iteration of
+    the busiest chain so far, reach :data:`COMPILE_FROM_LEAVES`."""
+    steps = s.warmup_steps + sum(s.records.get("n_steps", []), torch.zeros_like(s.warmup_steps))
+    return float(steps.max()) / s.t * (total - s.t) >= COMPILE_FROM_LEAVES
 
 
 def _adapt(

@@ -18,10 +18,11 @@ The algorithm is Pyro's (Hoffman & Gelman 2014 with Betancourt's 2017 multinomia
 The trees are built iteratively, one leaf at a time, for all chains together: each chain keeps its
 own step size, mass matrix, direction and stopping state, and a chain that has stopped is carried
 along unchanged until every chain has stopped. The U-turn checks of the aligned subtrees that end at
-leaf ``n`` use checkpoints (the momentum and momentum sum where each aligned block started), so one
-leaf step is a fixed sequence of tensor operations that ``torch.compile`` can fuse with the
-potential. Each chain draws its random numbers from its own seeded generator, indexed by position in
-the tree, so a chain's path does not depend on which other chains share the batch.
+leaf ``n`` use checkpoints (the momentum and momentum sum where each aligned block started), so a
+leaf step is a fixed sequence of tensor operations that Inductor can fuse with the potential
+(two leaves per call once compiled). Each chain draws its random numbers from its own seeded
+generator, indexed by position in the tree, so a chain's path does not depend on which other
+chains share the batch.
 
 >>> import torch
 >>> def gaussian(theta):  # U(theta) = |theta|^2 / 2 for each chain
@@ -35,6 +36,7 @@ the tree, so a chain's path does not depend on which other chains share the batc
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .compiled import compile_function
 from .tree import (
     _DIRECTION_THRESHOLD,
     MAX_ENERGY_ERROR,
@@ -59,6 +62,12 @@ KERNELS = ("nuts", "hmc")
 
 
 _MIN_STEP, _MAX_STEP = 1e-10, 1e10
+
+
+LEAVES_PER_CALL = 2
+"""Leaves of a NUTS subtree per call of the compiled step: two leaves share a call's fixed cost
+for a 50 % longer compilation; a subtree of one leaf voids the second (docs/mcmc.md, "When NUTS
+compiles")."""
 
 
 PotentialGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -85,7 +94,8 @@ class Sampler:
         num_chains, dim: the batch ``C`` and the dimension ``D``.
         kernel: ``"nuts"`` or ``"hmc"`` (fixed ``trajectory_length``, or ``num_steps`` leapfrogs).
         seeds: one seed per chain.
-        compile: fuse a leapfrog step and the tree bookkeeping with ``torch.compile``.
+        compile: fuse the leapfrog steps and the tree bookkeeping with Inductor
+            (:func:`.compiled.compile_function`; or later, :meth:`use_compiled`).
     """
 
     def __init__(
@@ -113,14 +123,39 @@ class Sampler:
         streams = [np.random.SeedSequence(int(s)).generate_state(2) for s in seeds]
         self.generators = [_generator(int(a), like.device) for a, _ in streams]
         self.search_generators = [_generator(int(b), like.device) for _, b in streams]
-        self.compiled = compile
+        self.leaves_per_call = 1 if kernel == "hmc" else LEAVES_PER_CALL
+        self.compiled = False
         if compile:
-            # the compiled step takes the leaf index and depth as tensors (no recompilation)
-            self._levels = torch.arange(1, max(max_tree_depth, 2), device=like.device)
-            self._indices = torch.arange(2**max_tree_depth, device=like.device).unbind()
-            self._compiled_step = torch.compile(
-                self._leaf_and_checks, dynamic=False, fullgraph=True
+            self.use_compiled()
+
+    def use_compiled(self) -> None:
+        """From now on, run the leaf steps through Inductor (compiled on first use)."""
+        device = self.like.device
+        # the compiled step takes the leaf index and the depth as tensors: one graph for all
+        self._levels = torch.arange(1, max(self.max_tree_depth, 2), device=device)
+        self._powers = 2**self._levels
+        self._indices = torch.arange(2**self.max_tree_depth, device=device).unbind()
+        self._block = compile_function(self._flat_leaves)
+        self.compiled = True
+
+    def compile_now(
+        self, z: Tensor, grad: Tensor, pe: Tensor, step: Tensor, inverse_mass: Tensor
+    ) -> bool:
+        """Switch to the compiled leaf step and compile it at once, on a leapfrog step from ``z``
+        whose result is dropped; where compilation fails, warn and stay uncompiled."""
+        try:
+            self.use_compiled()
+            self.leapfrog(z, torch.zeros_like(z), grad, pe, step, inverse_mass)
+        except Exception as error:  # any compiler failure: the uncompiled step works
+            self.compiled = False
+            warnings.warn(
+                f"compiling the leapfrog step failed ({type(error).__name__}: "
+                f"{str(error).splitlines()[0]}); NUTS goes on with the uncompiled leapfrog step "
+                "(pass graph='traced' to skip the attempt)",
+                stacklevel=2,
             )
+            return False
+        return True
 
     # ---------------------------------------------------------------- randomness, per chain
 
@@ -193,31 +228,50 @@ class Sampler:
         self, st: Subtree, checkpoints: Any, step: Tensor, inverse_mass: Tensor, energy0: Tensor,
         u: Tensor, n: int, depth: int,
     ) -> tuple[Subtree, Any]:  # fmt: skip
-        """Leaf ``n`` of a subtree of ``depth``: the leapfrog step, then the U-turn checks."""
+        """Leaves ``n, n + 1, ...`` of a subtree of ``depth``: each a leapfrog step, then the U-turn
+        checks. ``u`` holds one uniform per leaf and chain from leaf ``n`` on; eagerly one leaf
+        is taken, compiled :attr:`leaves_per_call` (those past the subtree's end are void)."""
         if self.compiled:
-            st, *checkpoints = self._compiled_step(
-                st, *checkpoints, step, inverse_mass, energy0, u, self._indices[n],
-                self._indices[depth],
-            )  # fmt: skip
-            return st, checkpoints
-        st = self._leaf(st, step, inverse_mass, energy0, u)
+            inputs = [*st, *checkpoints, step, inverse_mass, energy0, u[: self.leaves_per_call],
+                      self._indices[n], self._indices[depth]]  # fmt: skip
+            *leaves, ckpt_r, ckpt_sum = self._block(*inputs)
+            return Subtree(*leaves), (ckpt_r, ckpt_sum)
+        st = self._leaf(st, step, inverse_mass, energy0, u[0])
         return self._check_subtrees(st, n, depth, inverse_mass, checkpoints), checkpoints
 
-    def _leaf_and_checks(
+    def _flat_leaves(self, *inputs: Tensor) -> list[Tensor]:
+        """:meth:`_leaves_and_checks` over flat tensors, as :func:`.compiled.compile_function`
+        takes it."""
+        fields = len(Subtree._fields)
+        st, ckpt_r, ckpt_sum = self._leaves_and_checks(Subtree(*inputs[:fields]), *inputs[fields:])
+        return [*st, ckpt_r, ckpt_sum]
+
+    def _leaves_and_checks(
         self, st: Subtree, ckpt_r: Tensor, ckpt_sum: Tensor, step: Tensor, inverse_mass: Tensor,
-        energy0: Tensor, u: Tensor, n: Tensor, depth: Tensor,
+        energy0: Tensor, u: Tensor, first: Tensor, depth: Tensor,
     ) -> tuple[Subtree, Tensor, Tensor]:  # fmt: skip
-        """The compiled step: :meth:`_leaf` and the checks of :meth:`_check_subtrees` for every
-        level at once, with the leaf index ``n`` and ``depth`` as tensors."""
-        st = self._leaf(st, step, inverse_mass, energy0, u)
-        powers = 2**self._levels
-        store = ((n % powers) == 0)[:, None, None]
-        ckpt_r = torch.where(store, st.r, ckpt_r)
-        ckpt_sum = torch.where(store, st.r_sum - st.r, ckpt_sum)
-        check = (((n + 1) % powers) == 0) & (self._levels <= depth)
-        turns = _is_turning(inverse_mass, ckpt_r, st.r, st.r_sum - ckpt_sum)
-        turning = st.active & (turns & check[:, None]).any(0)
-        st = st._replace(turning=st.turning | turning, active=st.active & ~turning)
+        """The compiled step: for each of the leaves ``first, first + 1, ...`` (one per row of
+        ``u``), :meth:`_leaf` and the checks of :meth:`_check_subtrees` for every level at once,
+        with the leaf index and ``depth`` as tensors; a leaf at or past ``2^depth`` changes
+        nothing."""
+        powers = self._powers
+        for i in range(u.shape[0]):
+            n = first + i
+            leaf = self._leaf(st, step, inverse_mass, energy0, u[i])
+            store = ((n % powers) == 0)[:, None, None]
+            new_ckpt_r = torch.where(store, leaf.r, ckpt_r)
+            new_ckpt_sum = torch.where(store, leaf.r_sum - leaf.r, ckpt_sum)
+            check = (((n + 1) % powers) == 0) & (self._levels <= depth)
+            turns = _is_turning(inverse_mass, new_ckpt_r, leaf.r, leaf.r_sum - new_ckpt_sum)
+            turning = leaf.active & (turns & check[:, None]).any(0)
+            leaf = leaf._replace(turning=leaf.turning | turning, active=leaf.active & ~turning)
+            if i == 0:  # every subtree has a first leaf
+                st, ckpt_r, ckpt_sum = leaf, new_ckpt_r, new_ckpt_sum
+                continue
+            real = n < 2**depth
+            st = Subtree(*(torch.where(real, a, b) for a, b in zip(leaf, st, strict=True)))
+            ckpt_r = torch.where(real, new_ckpt_r, ckpt_r)
+            ckpt_sum = torch.where(real, new_ckpt_sum, ckpt_sum)
         return st, ckpt_r, ckpt_sum
 
     @staticmethod
@@ -242,11 +296,10 @@ class Sampler:
 
     @staticmethod
     def _start(z: Tensor, r: Tensor, grad: Tensor, pe: Tensor, active: Tensor) -> Subtree:
-        # distinct tensors throughout: a compiled leaf step is specialised on input aliasing
         return Subtree(
             z, r, grad, pe, torch.full_like(pe, -math.inf), torch.zeros_like(r),
-            z.clone(), r.clone(), grad.clone(), pe.clone(), torch.zeros_like(pe),
-            torch.zeros_like(pe, dtype=torch.long), active.clone(), torch.zeros_like(active),
+            z, r, grad, pe, torch.zeros_like(pe),
+            torch.zeros_like(pe, dtype=torch.long), active, torch.zeros_like(active),
             torch.zeros_like(active),
         )  # fmt: skip
 
@@ -255,7 +308,7 @@ class Sampler:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One leapfrog step of every chain (through the same, possibly compiled, leaf step)."""
         st = self._start(z, r, grad, pe, torch.ones_like(pe, dtype=torch.bool))
-        u = torch.zeros_like(pe)
+        u = pe.new_zeros((self.leaves_per_call, *pe.shape))
         st, _ = self._advance(st, self._checkpoints(z), step, inverse_mass, pe.clone(), u, 0, 0)
         return st.z, st.r, st.grad, st.pe
 
@@ -269,7 +322,10 @@ class Sampler:
         r0 = _velocity(factor, self._normal()) if factor.dim() == 3 else factor * self._normal()
         depth_max = self.max_tree_depth
         leaves = 2**depth_max - 1
+        # one uniform per leaf, then per doubling the direction and the subtree's acceptance
         u = self._uniform(leaves + 2 * depth_max).T.contiguous()
+        if self.compiled:  # the compiled step reads leaves_per_call rows from every leaf on
+            u = torch.cat([u, u.new_zeros(self.leaves_per_call, self.num_chains)])
         energy0 = pe + _kinetic(inverse_mass, r0)
         left = right = (z, r0, grad, pe)
         prop = (z, r0, grad, pe)
@@ -286,11 +342,12 @@ class Sampler:
             signed = torch.where(forward, step, -step)
             first = 2**j - 1
             checkpoints = self._checkpoints(z)
-            for n in range(2**j):
+            stride = self.leaves_per_call if self.compiled else 1
+            for n in range(0, 2**j, stride):
                 st, checkpoints = self._advance(
-                    st, checkpoints, signed, inverse_mass, energy0, u[first + n], n, j
+                    st, checkpoints, signed, inverse_mass, energy0, u[first + n :], n, j
                 )
-                if n % 2 and not bool(st.active.any()):
+                if (n + stride) % 2 == 0 and not bool(st.active.any()):
                     break
             accept_sum = accept_sum + st.accept_sum
             num_leaves = num_leaves + st.num_leaves
