@@ -4,9 +4,10 @@ Two backends run the same algorithm (Pyro's multinomial NUTS with Stan's warm-up
 
 * ``backend="fast"`` (default) lays the latent sites out in one unconstrained vector, traces the
   batched potential and its gradient once into an ATen graph (:mod:`.potential`) and runs all
-  chains in lockstep through one batched evaluation per leapfrog step (:mod:`.fast_nuts`).
-  ``graph="compiled"`` also fuses each leapfrog step with its bookkeeping through
-  ``torch.compile`` (a one-off compilation of tens of seconds that pays off on long runs);
+  chains in lockstep through one batched evaluation per leapfrog step (:mod:`.sampler`).
+  ``graph="compiled"`` also fuses the leapfrog steps with their bookkeeping through Inductor
+  (:mod:`.compiled`: seconds of compilation that pay off on long runs), which the default
+  ``graph=None`` switches to once a run is long enough;
   ``graph="eager"`` evaluates the potential under Pyro's handlers instead of the traced graph.
 * ``backend="pyro"`` runs Pyro's own :class:`~pyro.infer.NUTS`/:class:`~pyro.infer.HMC` kernels,
   chain after chain, from the same starting values (``graph="compiled"`` maps to Pyro's
@@ -345,7 +346,7 @@ def fit_mcmc(
         step_size: the initial step size (then searched and adapted during warm-up).
         backend: ``"fast"`` (batched, traced potential) or ``"pyro"`` (Pyro's kernels).
         graph: ``"traced"`` (the potential and its gradient replayed from a checked ATen
-            graph), ``"eager"`` or ``"compiled"`` (the leapfrog step through ``torch.compile``;
+            graph), ``"eager"`` or ``"compiled"`` (the leapfrog steps compiled by Inductor;
             Pyro's ``jit_compile`` for ``backend="pyro"``): see
             :data:`~pyro_sparse_bnn.validation.GRAPH_MODES`. ``None`` (default): traced, and
             compiled from iteration :data:`~.run.COMPILE_AFTER` on when the rest of the run is

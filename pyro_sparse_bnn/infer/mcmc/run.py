@@ -83,12 +83,12 @@ class _Chains:
         self.records = {k: list(v.unbind(1)) for k, v in state["records"].items()}
         for generator, saved in zip(sampler.generators, state["generators"], strict=True):
             generator.set_state(saved)
-        if compile is None and state.get("compiled", False) and not sampler.compiled:
-            sampler.use_compiled()  # the interrupted run had switched: so does its continuation
         for generator, saved in zip(
             sampler.search_generators, state["search_generators"], strict=True
         ):
             generator.set_state(saved)
+        if compile is None and state.get("compiled", False) and not sampler.compiled:
+            sampler.use_compiled()  # the interrupted run had switched: so does its continuation
 
 
 def sample(
@@ -125,7 +125,7 @@ def sample(
     continues from it to exactly the draws of an uninterrupted run. The chains run with
     :func:`~pyro_sparse_bnn.isolation.loop_threads` threads for ``init.numel()`` values
     (``num_threads`` overrides; the caller's count is restored afterwards). ``compile=True``
-    runs every leaf step through ``torch.compile``; ``None`` decides after
+    runs the leaf steps compiled by Inductor (:mod:`.compiled`); ``None`` decides after
     :data:`COMPILE_AFTER` iterations from the leapfrog steps they took (:func:`_pays_to_compile`),
     from counts only, so a seed repeats its draws; a compilation that fails warns and the run
     goes on uncompiled.
