@@ -23,12 +23,14 @@ wall time; ``leapfrogs_per_s`` counts gradient evaluations of all chains (warm-u
 second. A second model for scale: digits (1347 rows) 64-100-10, 14,120 dimensions, ``psbnn``
 only with a short run (trees capped at depth 6), and the per-gradient cost of Pyro's potential.
 
-Steady state and fixed cost (``psbnn`` and ``numpyro`` rows of parts ``iris`` and
-``converging``): each seed runs twice, with half and with all the draws. One seed makes the
-longer run repeat the shorter one's warm-up and first draws, so the extra draws' gradients over
-the extra CPU seconds are the adapted sampler's throughput (``gradients_per_cpu_s_steady``), and
-the longer run's CPU seconds less its gradients at that rate are its fixed cost
-(``fixed_seconds``: set-up, tracing, compilation, XLA's included).
+Steady state and fixed cost (``psbnn`` and ``numpyro`` rows): ``gradients_per_cpu_s_steady``
+is the adapted sampler's throughput, for ``psbnn`` over its sampling iterations
+(``fit.info["sampling_cpu_seconds"]``: warm-up, tracing and compilation are done by then), for
+``numpyro`` from two more sampling runs continued from the first one's end (1/5 and all of the
+draws for the converging models, 1/5 and 3/5 for iris; their draws are not kept): NumPyro with
+sequential chains compiles its sampling loop anew for every chain of every run, and the
+difference of the two runs leaves that out. ``fixed_seconds`` is the run's CPU seconds less its
+gradients at that rate (set-up, tracing, compilation, XLA's included).
 
 Part ``converging``: two sparse linear models on which both samplers should mix (the rows say
 where they did not), so ESS per CPU second decides something. Both samplers run the same
@@ -62,7 +64,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -144,6 +145,7 @@ def run_psbnn(
         "seed": seed,
         "seconds": seconds,
         "cpu_seconds": cpu,
+        "steady": steady_psbnn(fit),
         "compiled": fit.info["compiled"],
         "divergences": fit.info["divergences"],
         "leapfrogs": steps,
@@ -227,6 +229,7 @@ def run_numpyro(
         "seed": seed,
         "seconds": seconds,
         "cpu_seconds": cpu,
+        "steady": steady_numpyro(mcmc, xj, yj, draws=(samples // 5, 3 * samples // 5)),
         "divergences": int(np.asarray(extra["diverging"]).sum()),
         "leapfrogs": steps,
         "leapfrogs_per_s": steps / seconds,
@@ -314,6 +317,7 @@ def sample_psbnn(model: Callable, x, y, samples: int, seed: int) -> dict:
     return {
         "cpu_seconds": cpu_seconds() - start,
         "leapfrogs": int(fit.info["leapfrog_steps"].sum()),
+        "steady": steady_psbnn(fit),
         "divergences": fit.info["divergences"],
         "compiled": fit.info["compiled"],
         "draws": {k: v.numpy() for k, v in fit.samples.items()},
@@ -332,23 +336,43 @@ def sample_numpyro(model: Callable, x, y, samples: int, seed: int) -> dict:
     mcmc.warmup(jax.random.PRNGKey(seed), xj, yj, extra_fields=("num_steps",), collect_warmup=True)
     warm = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
     mcmc.run(mcmc.post_warmup_state.rng_key, xj, yj, extra_fields=("num_steps", "diverging"))
+    cpu = cpu_seconds() - start
     extra = mcmc.get_extra_fields()
-    return {
-        "cpu_seconds": cpu_seconds() - start,
+    run = {
+        "cpu_seconds": cpu,
         "leapfrogs": warm + int(np.asarray(extra["num_steps"]).sum()),
         "divergences": int(np.asarray(extra["diverging"]).sum()),
         "draws": {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()},
     }
+    return run | {"steady": steady_numpyro(mcmc, xj, yj, draws=(samples // 5, samples))}
 
 
-def steady_and_fixed(sample: Callable[[int], dict], samples: int) -> dict:
-    """Run ``sample(samples // 2)`` and ``sample(samples)``: one seed, so the longer run repeats
-    the shorter one's warm-up and first draws and adds ``samples // 2`` draws of the adapted
-    sampler. Their gradients over their CPU seconds are the steady-state throughput; the longer
-    run's CPU seconds less its gradients at that rate are the fixed cost (set-up, tracing,
-    compilation). Returns the longer run with both figures."""
-    short, run = sample(samples // 2), sample(samples)
-    steady = (run["leapfrogs"] - short["leapfrogs"]) / (run["cpu_seconds"] - short["cpu_seconds"])
+def steady_psbnn(fit: psb.FitResult) -> float:
+    """Gradients per CPU second of the sampling iterations (after warm-up and compilation)."""
+    return float(fit.sample_stats["n_steps"].sum()) / fit.info["sampling_cpu_seconds"]
+
+
+def steady_numpyro(mcmc: Any, *data: Any, draws: tuple[int, int]) -> float:
+    """Gradients per CPU second of steady-state sampling: two more sampling runs from the first
+    one's end, of ``draws`` draws per chain and one seed, so the longer repeats the shorter and
+    adds draws. With sequential chains NumPyro compiles its sampling loop anew for every chain
+    of every run (seconds each); the difference of the two runs leaves that out."""
+    state, counts = mcmc.last_state, []
+    for n in draws:
+        mcmc.num_samples, mcmc.post_warmup_state = n, state
+        start = cpu_seconds()
+        mcmc.run(state.rng_key, *data, extra_fields=("num_steps",))
+        seconds = cpu_seconds() - start
+        counts.append((int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum()), seconds))
+    (short, short_seconds), (long, long_seconds) = counts
+    return (long - short) / (long_seconds - short_seconds)
+
+
+def steady_and_fixed(run: dict) -> dict:
+    """``run`` with its steady-state throughput (``steady``: gradients per CPU second of the
+    adapted, compiled sampler) and its fixed cost: its CPU seconds less its gradients at that
+    rate (set-up, tracing, compilation, warm-up's slower start)."""
+    steady = run.pop("steady")
     return run | {
         "gradients_per_cpu_s_steady": steady,
         "fixed_seconds": run["cpu_seconds"] - run["leapfrogs"] / steady,
@@ -368,8 +392,7 @@ def converging_rows(quick: bool, numpyro: bool) -> list[dict]:
         tau0 = global_scale(x, logistic)
         for method, (sample, build) in samplers.items():
             for seed in CONVERGING_SEEDS[:1] if quick else CONVERGING_SEEDS:
-                model = build(tau0, logistic)
-                run = steady_and_fixed(partial(sample, model, x, y, seed=seed), samples)
+                run = steady_and_fixed(sample(build(tau0, logistic), x, y, samples, seed))
                 row = {
                     "model": name, "method": method, "seed": seed, "chains": 4, "warmup": 500,
                     "samples": samples, "cpu_seconds": run["cpu_seconds"],
@@ -402,13 +425,13 @@ def iris_rows(args: argparse.Namespace) -> list[dict]:
     elif not quick and (stored := stored_rows(lambda r: r["method"] == "stock_pyro")):
         rows.append(stored[0] | {"stored": True})  # its 40 minutes are not rerun
     for seed in IRIS_SEEDS[:1] if quick else IRIS_SEEDS:
-        psbnn = partial(run_psbnn, sizes, x, y, chains=chains, warmup=warmup, depth=10, seed=seed)
+        psbnn = run_psbnn(sizes, x, y, samples, chains=chains, warmup=warmup, depth=10, seed=seed)
         rows.append({**base, "chains": chains, "warmup": warmup, "samples": samples,
-                     **steady_and_fixed(psbnn, samples)})  # fmt: skip
+                     **steady_and_fixed(psbnn)})  # fmt: skip
         if has_numpyro(args):
-            numpyro = partial(run_numpyro, sizes, x, y, chains=chains, warmup=warmup, seed=seed)
+            numpyro = run_numpyro(sizes, x, y, samples, chains=chains, warmup=warmup, seed=seed)
             rows.append({**base, "chains": chains, "warmup": warmup, "samples": samples,
-                         **steady_and_fixed(numpyro, samples)})  # fmt: skip
+                         **steady_and_fixed(numpyro)})  # fmt: skip
     for row in rows:
         row["min_ess_per_s"] = row["min_ess_bulk"] / row["seconds"]
     if rows[0]["method"] == "stock_pyro":
@@ -419,8 +442,8 @@ def iris_rows(args: argparse.Namespace) -> list[dict]:
     d_chains, d_warm, d_samples = (4, 5, 5) if quick else (4, 100, 100)
     row = {"model": "digits_64_100_10_horseshoe", "max_tree_depth": 6, "chains": d_chains,
            "warmup": d_warm, "samples": d_samples,
-           **run_psbnn(digits, xd, yd, d_samples, chains=d_chains, warmup=d_warm, depth=6,
-                       seed=SEED)}  # fmt: skip
+           **steady_and_fixed(run_psbnn(digits, xd, yd, d_samples, chains=d_chains,
+                                        warmup=d_warm, depth=6, seed=SEED))}  # fmt: skip
     row["min_ess_per_s"] = row["min_ess_bulk"] / row["seconds"]
     row["pyro_gradient_ms"] = 1e3 * pyro_gradient_seconds(digits, xd, yd, 3 if quick else 20)
     row["note"] = "short run for scale: not converged; compare the gradient throughput"

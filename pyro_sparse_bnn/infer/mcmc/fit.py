@@ -363,7 +363,10 @@ def fit_mcmc(
     deterministic site, and ``sample_stats`` ``(chain, draw)``: ``diverging``, ``step_size`` and,
     for the fast backend, ``tree_depth`` (NUTS), ``n_steps``, ``acceptance_rate``, ``energy``,
     ``lp`` (log density in unconstrained space). ``info`` holds ``seconds``, ``step_size`` and
-    ``inverse_mass_matrix`` per chain, ``divergences`` and ``warmup_divergences``. Non-Bayesian
+    ``inverse_mass_matrix`` per chain, ``divergences`` and ``warmup_divergences``; the fast
+    backend adds ``leapfrog_steps`` per chain, ``compiled``, and the process's CPU seconds of the
+    warm-up and of the sampling iterations (``warmup_cpu_seconds``, ``sampling_cpu_seconds``,
+    as CmdStan reports its phases; compilation falls in the warm-up). Non-Bayesian
     parameters of the model (e.g. biases without a prior) stay fixed at their current values.
     Ctrl-C during sampling (fast backend) returns the draws made so far
     (``info["interrupted"]``).
@@ -457,6 +460,8 @@ def fit_mcmc(
             "interrupted": draws.interrupted,
             "traced": flat.traced,
             "compiled": draws.info["compiled"],
+            "warmup_cpu_seconds": draws.info["warmup_cpu_seconds"],
+            "sampling_cpu_seconds": draws.info["sampling_cpu_seconds"],
             "leapfrog_steps": draws.info["warmup_steps"] + stats["n_steps"].sum(1),
             "dim": flat.dim,
         }

@@ -16,6 +16,7 @@ and exact resume, for a batch of chains stepped by :class:`~.sampler.Sampler`.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -202,9 +203,11 @@ def _sample(
     for bar in bars:
         bar.update(s.t)
     interrupted = False
+    cpu_seconds = {"warmup": 0.0, "sampling": 0.0}  # this call's, per phase
     try:
         for t in range(s.t, num_warmup + num_samples):
             warm = t < num_warmup
+            tic = time.process_time()
             used_step = s.step
             s.z, grad, pe, stats = sampler.transition(s.z, grad, pe, s.step, s.inverse_mass)
             if warm:
@@ -219,6 +222,7 @@ def _sample(
             total = num_warmup + num_samples
             if compile is None and s.t == min(COMPILE_AFTER, total) and _pays_to_compile(s, total):
                 sampler.compile_now(s.z, grad, pe, s.step, s.inverse_mass)
+            cpu_seconds["warmup" if warm else "sampling"] += time.process_time() - tic
             if checkpoint is not None and s.t % checkpoint_every == 0:
                 checkpoint(s.state_dict(sampler))
             for c, bar in enumerate(bars if progress else ()):
@@ -254,7 +258,12 @@ def _sample(
         inverse_mass=s.inverse_mass,
         warmup_divergences=s.warmup_divergences,
         interrupted=interrupted,
-        info={"compiled": sampler.compiled, "warmup_steps": s.warmup_steps},
+        info={
+            "compiled": sampler.compiled,
+            "warmup_steps": s.warmup_steps,
+            "warmup_cpu_seconds": cpu_seconds["warmup"],
+            "sampling_cpu_seconds": cpu_seconds["sampling"],
+        },
     )
 
 
