@@ -26,8 +26,8 @@ only with a short run (trees capped at depth 6), and the per-gradient cost of Py
 Steady state and fixed cost (``psbnn`` and ``numpyro`` rows): ``gradients_per_cpu_s_steady``
 is the adapted sampler's throughput, for ``psbnn`` over its sampling iterations
 (``fit.info["sampling_cpu_seconds"]``: warm-up, tracing and compilation are done by then), for
-``numpyro`` from two more sampling runs continued from the first one's end (1/5 and all of the
-draws for the converging models, 1/5 and 3/5 for iris; their draws are not kept): NumPyro with
+``numpyro`` from two more sampling runs continued from the first one's end (1/5 and 5 times
+the draws for the converging models, 1/5 and 3/5 for iris; their draws are not kept): NumPyro with
 sequential chains compiles its sampling loop anew for every chain of every run, and the
 difference of the two runs leaves that out. ``fixed_seconds`` is the run's CPU seconds less its
 gradients at that rate (set-up, tracing, compilation, XLA's included).
@@ -344,7 +344,7 @@ def sample_numpyro(model: Callable, x, y, samples: int, seed: int) -> dict:
         "divergences": int(np.asarray(extra["diverging"]).sum()),
         "draws": {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()},
     }
-    return run | {"steady": steady_numpyro(mcmc, xj, yj, draws=(samples // 5, samples))}
+    return run | {"steady": steady_numpyro(mcmc, xj, yj, draws=(samples // 5, 5 * samples))}
 
 
 def steady_psbnn(fit: psb.FitResult) -> float:

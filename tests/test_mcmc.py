@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import math
+import time
 import zipfile
 from pathlib import Path
 
@@ -224,8 +225,12 @@ def test_deterministic_weights_stats_and_arviz_export():
         psb.mlp([4, 3]), psb.priors.Horseshoe(), psb.likelihoods.Categorical(),
         bias_prior=psb.priors.Normal(),
     )  # fmt: skip
+    cpu = time.process_time()
     fit = psb.fit(bnn, x[:30], y[:30], method="nuts", num_chains=2, num_samples=15, warmup=15,
                   max_tree_depth=6, progress=False)  # fmt: skip
+    cpu = time.process_time() - cpu
+    phases = fit.info["warmup_cpu_seconds"], fit.info["sampling_cpu_seconds"]
+    assert min(phases) > 0 and sum(phases) <= cpu  # CPU time of each phase, within the fit's
     s = fit.samples
     weight = (
         s["0.weight_decentered"]
