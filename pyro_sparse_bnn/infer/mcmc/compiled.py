@@ -1,13 +1,12 @@
 """A function of tensors compiled by Inductor without TorchDynamo, for inputs of fixed shapes.
 
 ``torch.compile`` runs every call through TorchDynamo: guards on each argument, AOTAutograd's
-runtime wrapper and config patching. On a small model that is most of a NUTS leaf step
-(``benchmarks/nuts_speed.py``, part ``leaf``), and Dynamo's cache is kept per code object, so
-every sampler of a process would share (and after eight fits, exhaust) one cache entry list. A
-sampler's step has fixed shapes for its whole run and needs no guards:
-:func:`compile_function` traces it once with ``make_fx`` into a graph of ATen operations and
-hands that graph to Inductor (``torch._inductor.compile``), whose compiled call checks sizes and
-runs the kernels.
+runtime wrapper and config patching. On a small model that was most of a NUTS leaf step in our
+profiles, and Dynamo's cache is kept per code object, so every sampler of a process would share
+(and after eight fits, exhaust) one list of cache entries. A sampler's step has fixed shapes for
+its whole run and needs no guards: :func:`compile_function` traces it once with ``make_fx`` into
+a graph of ATen operations and hands that graph to Inductor (``torch._inductor.compile``), whose
+compiled call checks sizes and strides and runs the kernels (docs/architecture.md).
 
 >>> import torch
 >>> double = compile_function(lambda x, y: [2 * x + y])
