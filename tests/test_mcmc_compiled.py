@@ -119,11 +119,11 @@ def test_a_failing_compiler_warns_and_the_run_goes_on(monkeypatch):
     def broken(*args):
         raise RuntimeError("no C++ compiler\nmore")
 
-    def compile_function(fn):
+    def no_compiler(fn):
         return broken
 
     monkeypatch.setattr(run, "COMPILE_FROM_LEAVES", 100)
-    monkeypatch.setattr("pyro_sparse_bnn.infer.mcmc.sampler.compile_function", compile_function)
+    monkeypatch.setattr("pyro_sparse_bnn.infer.mcmc.sampler.compile_function", no_compiler)
     with pytest.warns(UserWarning, match="step failed .RuntimeError: no C"):
         out = sample(_gaussian, torch.zeros(2, 3), num_warmup=30, num_samples=50, seeds=[0, 1],
                      compile=None)  # fmt: skip
